@@ -1,0 +1,137 @@
+"""``cairn target serve``: one volume, one iSCSI target, one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cairn.iscsi.chap import ChapConfig, load_chap_file
+from cairn.iscsi.targets import Acl, StaticDirectory, TargetSpec
+
+log = logging.getLogger("cairn.target")
+
+
+class ServeError(Exception):
+    """The target cannot start; the message tells the operator why."""
+
+
+@dataclass
+class ServeOptions:
+    volume: str
+    size: int
+    data: Path
+    portal: str
+    iqn: str
+    block_size: int = 512
+    chap_secret_file: Path | None = None
+    allow_initiator: list[str] = field(default_factory=list)
+    store: str = "embedded"
+    nop_interval: float = 5.0
+
+
+def parse_portal(portal: str) -> tuple[str, int]:
+    host, sep, port = portal.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServeError(f"portal {portal!r} must be HOST:PORT (e.g. 127.0.0.1:3260)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def naa_from_uuid(u: uuidlib.UUID) -> bytes:
+    """An 8-byte NAA locally assigned identifier (NAA 3) derived from the volume UUID."""
+    return ((0x3 << 60) | (u.int & ((1 << 60) - 1))).to_bytes(8, "big")
+
+
+def validate_iqn(iqn: str) -> str:
+    iqn = iqn.strip().lower()
+    if not iqn.startswith(("iqn.", "eui.", "naa.")) or len(iqn) > 223 or " " in iqn:
+        raise ServeError(f"target name {iqn!r} must be an iqn./eui./naa. name of at most 223 "
+                         "characters")
+    return iqn
+
+
+def open_device(opts: ServeOptions):  # type: ignore[no-untyped-def]
+    """The block device the volume's LUN serves, and what to close at shutdown."""
+    from cairn.blockdev import StoreError
+    from cairn.store import EmbeddedPool, NullStore
+    from cairn.volume import LocalVolume, SeqAllocator
+
+    if opts.store == "null":
+        store = NullStore(opts.size, opts.block_size)
+        return LocalVolume(store, SeqAllocator.in_memory()), store, uuidlib.uuid5(
+            uuidlib.NAMESPACE_URL, f"cairn-null:{opts.volume}")
+    try:
+        pool = EmbeddedPool(opts.data)
+        store = pool.open_or_create(opts.volume, opts.size, opts.block_size)
+    except StoreError as e:
+        raise ServeError(str(e)) from e
+    seqs = SeqAllocator(opts.data / f"{opts.volume}.seq", floor=store.high_seq)
+    return LocalVolume(store, seqs), store, uuidlib.UUID(str(store.uuid))
+
+
+async def run(opts: ServeOptions) -> int:
+    from cairn.scsi import LogicalUnit, ScsiTarget
+    from cairn.target.portal import Portal
+
+    host, port = parse_portal(opts.portal)
+    iqn = validate_iqn(opts.iqn)
+    chap: ChapConfig | None = None
+    if opts.chap_secret_file is not None:
+        try:
+            chap = load_chap_file(opts.chap_secret_file)
+        except (OSError, ValueError) as e:
+            raise ServeError(f"CHAP secret file: {e}") from e
+    try:
+        acl = Acl.parse(opts.allow_initiator)
+    except ValueError as e:
+        raise ServeError(str(e)) from e
+
+    device, store, vol_uuid = open_device(opts)
+    lu = LogicalUnit(device, serial=vol_uuid.hex[:16], naa=naa_from_uuid(vol_uuid),
+                     thin=True)
+    scsi = ScsiTarget({0: lu})
+    spec = TargetSpec(iqn=iqn, chap=chap, acl=acl, alias=opts.volume)
+    directory = StaticDirectory(portal=f"{host}:{port}", specs={iqn: spec}, discovery_chap=chap)
+    portal = Portal(directory, lambda _spec: scsi, nop_interval=opts.nop_interval)
+    try:
+        await portal.start(host, port)
+    except OSError as e:
+        store.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("event=serving volume=%s iqn=%s portal=%s:%d size=%d block_size=%d store=%s "
+             "chap=%s acl_entries=%d", opts.volume, iqn, host, port,
+             device.num_blocks * device.block_size, device.block_size, opts.store,
+             "mutual" if chap and chap.mutual else ("one-way" if chap else "none"),
+             len(opts.allow_initiator))
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"iscsi://{url_host}:{port}/{iqn}/0", flush=True)
+    await stop.wait()
+    log.info("event=stopping volume=%s", opts.volume)
+    await portal.stop()
+    await loop.run_in_executor(None, device.flush)
+    store.close()
+    log.info("event=stopped volume=%s", opts.volume)
+    return 0
+
+
+def serve(opts: ServeOptions) -> int:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        return runner(run(opts))
+    except ServeError as e:
+        print(f"cairn: error: {e}", file=sys.stderr)
+        return 2
