@@ -257,7 +257,9 @@ class LoginMachine:
                 reply = P.negotiate_key(self.params, key, value)
                 if reply is not None:
                     out.append((key, reply))
-                if key == "MaxRecvDataSegmentLength" and not self._declared:
+                    if key == "MaxRecvDataSegmentLength":
+                        self._declared = True  # answered Reject: ours stays the default
+                elif key == "MaxRecvDataSegmentLength" and not self._declared:
                     out.append(("MaxRecvDataSegmentLength", str(self.params.max_recv_dsl_target)))
                     self._declared = True
             elif key in P.MARKER_KEYS:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run every test: lint, fast unit tests, then integration tests with real clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== lint"
+ruff check engine bench
+echo "== unit tests"
+python -m pytest engine/tests -m "not integration" -q -p no:cacheprovider
+echo "== integration tests (real clients: libiscsi, QEMU, ext4)"
+python -m pytest engine/tests -m integration -q -p no:cacheprovider -rs
