@@ -11,8 +11,10 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage()
-        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} " \
-               f"logger={record.name} {msg}"
+        line = (
+            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f"logger={record.name} {msg}"
+        )
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info))
         return line

@@ -12,6 +12,8 @@ from cairn.iscsi.pdu import Op, TmfFunction, TmfResponse
 from cairn.iscsi.session import SessionTable
 
 from .iscsi_helpers import (
+    INITIATOR,
+    TARGET,
     data_out,
     drain,
     feed,
@@ -20,8 +22,6 @@ from .iscsi_helpers import (
     plain_login,
     scsi_cmd,
     simple_pdu,
-    INITIATOR,
-    TARGET,
 )
 
 
@@ -72,11 +72,18 @@ def test_write_with_immediate_data():
 
 
 def test_write_with_r2t_and_unsolicited_data():
-    conn, backend = logged_in([("InitialR2T", "No"), ("FirstBurstLength", "1024"),
-                               ("MaxBurstLength", "2048"), ("MaxOutstandingR2T", "1")])
+    conn, backend = logged_in(
+        [
+            ("InitialR2T", "No"),
+            ("FirstBurstLength", "1024"),
+            ("MaxBurstLength", "2048"),
+            ("MaxOutstandingR2T", "1"),
+        ]
+    )
     payload = bytes(range(256)) * 24  # 6144 bytes = 12 blocks
-    out = feed(conn, scsi_cmd(write10(0, 12), 5, 1, edtl=6144, write=True, data=payload[:512],
-                              final=False))
+    out = feed(
+        conn, scsi_cmd(write10(0, 12), 5, 1, edtl=6144, write=True, data=payload[:512], final=False)
+    )
     # one R2T for the first burst after the unsolicited part
     assert [r.opcode for r in out] == [Op.R2T]
     r2t = out[0]
@@ -87,7 +94,7 @@ def test_write_with_r2t_and_unsolicited_data():
     r2tsn = 0
     while True:
         length = 2048 if offset + 2048 <= 6144 else 6144 - offset
-        out = feed(conn, data_out(5, ttt, 0, offset, payload[offset:offset + length]))
+        out = feed(conn, data_out(5, ttt, 0, offset, payload[offset : offset + length]))
         offset += length
         if offset >= 6144:
             break
@@ -112,8 +119,7 @@ def test_write_edtl_mismatch_is_invalid_field_in_iu_with_residual():
 
 def test_fua_write_and_sync_cache_wait_for_flush():
     conn, backend = logged_in()
-    out = feed(conn, scsi_cmd(write10(0, 1, fua=True), 8, 1, edtl=512, write=True,
-                              data=bytes(512)))
+    out = feed(conn, scsi_cmd(write10(0, 1, fua=True), 8, 1, edtl=512, write=True, data=bytes(512)))
     assert out == [] and len(conn.flush_requests) == 1
     fr = conn.flush_requests.pop()
     conn.flush_done(fr)
@@ -140,23 +146,29 @@ def test_cmdsn_window():
 def test_statsn_increments_per_status():
     conn, _ = logged_in()
     s0 = conn.statsn
-    out = feed(conn, *(scsi_cmd(read10(0, 1), i, conn.exp_cmdsn + i, 512, read=True)
-                       for i in range(3)))
+    out = feed(
+        conn, *(scsi_cmd(read10(0, 1), i, conn.exp_cmdsn + i, 512, read=True) for i in range(3))
+    )
     assert [r.u32(24) for r in out] == [s0, s0 + 1, s0 + 2]
 
 
 def test_nop_out_echo_and_target_ping():
     conn, _ = logged_in()
-    (r,) = feed(conn, simple_pdu(Op.NOP_OUT, 0x80, 11, struct.pack(">III", 0xFFFFFFFF,
-                                                                   conn.exp_cmdsn, 0), b"ping"))
+    (r,) = feed(
+        conn,
+        simple_pdu(
+            Op.NOP_OUT, 0x80, 11, struct.pack(">III", 0xFFFFFFFF, conn.exp_cmdsn, 0), b"ping"
+        ),
+    )
     assert r.opcode == Op.NOP_IN and r.data == b"ping" and r.u32(16) == 11
     conn.tick(10.0)
     (ping,) = drain(conn)
     assert ping.opcode == Op.NOP_IN and ping.u32(16) == 0xFFFFFFFF
     ttt = ping.u32(20)
     assert ttt != 0xFFFFFFFF
-    feed(conn, simple_pdu(Op.NOP_OUT, 0x80, 0xFFFFFFFF, struct.pack(">III", ttt,
-                                                                    conn.exp_cmdsn, 0)))
+    feed(
+        conn, simple_pdu(Op.NOP_OUT, 0x80, 0xFFFFFFFF, struct.pack(">III", ttt, conn.exp_cmdsn, 0))
+    )
     conn.tick(29.0)
     assert not conn.closing
     drain(conn)
@@ -171,13 +183,17 @@ def test_task_management():
     # a write waiting for R2T data can be aborted
     out = feed(conn, scsi_cmd(write10(0, 2), 20, conn.exp_cmdsn, 1024, write=True))
     assert out[0].opcode == Op.R2T
+
     def tmf(function, ref=0, lun=0):
         rest = struct.pack(">IIII", ref, conn.exp_cmdsn, 0, 0)
         from cairn.iscsi.pdu import encode_lun
-        (r,) = feed(conn, simple_pdu(Op.TASK_MGMT_REQ, 0x80 | function, 30, rest,
-                                     lun=encode_lun(lun)))
+
+        (r,) = feed(
+            conn, simple_pdu(Op.TASK_MGMT_REQ, 0x80 | function, 30, rest, lun=encode_lun(lun))
+        )
         assert r.opcode == Op.TASK_MGMT_RSP
         return r.bhs[2]
+
     assert tmf(TmfFunction.ABORT_TASK, ref=20) == TmfResponse.COMPLETE
     assert feed(conn, data_out(20, out[0].u32(20), 0, 0, bytes(1024))) == []  # dropped
     assert tmf(TmfFunction.ABORT_TASK, ref=999) == TmfResponse.TASK_DOES_NOT_EXIST
@@ -191,8 +207,9 @@ def test_task_management():
 
 def test_logout_closes_and_ends_nexus():
     conn, backend = logged_in()
-    (r,) = feed(conn, simple_pdu(Op.LOGOUT_REQ, 0x80, 3, struct.pack(">HHII", 7, 0,
-                                                                      conn.exp_cmdsn, 0)))
+    (r,) = feed(
+        conn, simple_pdu(Op.LOGOUT_REQ, 0x80, 3, struct.pack(">HHII", 7, 0, conn.exp_cmdsn, 0))
+    )
     assert r.opcode == Op.LOGOUT_RSP and r.bhs[2] == 0 and conn.closing
     conn.connection_lost()
     assert backend.nexuses == []
@@ -235,6 +252,7 @@ def test_digests_are_checked():
     conn, _ = logged_in([("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")])
     assert conn.hd == 4 and conn.dd == 4
     from cairn.iscsi.pdu import crc32c
+
     bhs = scsi_cmd(read10(0, 1), 2, conn.exp_cmdsn, 512, read=True)[:48]
     good = bhs + crc32c(bhs).to_bytes(4, "little")
     out = feed(conn, good)
@@ -253,9 +271,17 @@ def test_garbage_during_login_never_raises(blob):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 0x3F), st.integers(0, 255), st.binary(min_size=46,
-                                                                                 max_size=46),
-                          st.binary(max_size=64)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0x3F),
+            st.integers(0, 255),
+            st.binary(min_size=46, max_size=46),
+            st.binary(max_size=64),
+        ),
+        max_size=6,
+    )
+)
 def test_malformed_pdus_in_full_feature_get_reject_or_close(pdus):
     """Every malformed PDU gets an answer or a closed connection; never an exception, and
     another session on the same portal keeps working."""

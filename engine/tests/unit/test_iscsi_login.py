@@ -25,12 +25,23 @@ MUTUAL = ChapConfig("alice", b"correct horse battery", "target1", b"target secre
 
 def test_plain_login_enters_full_feature_and_negotiates():
     conn, backend = make_connection()
-    rsp = plain_login(conn, [("HeaderDigest", "CRC32C,None"), ("DataDigest", "None"),
-                             ("ImmediateData", "Yes"), ("InitialR2T", "No"),
-                             ("MaxBurstLength", "1048576"), ("FirstBurstLength", "2097152"),
-                             ("MaxOutstandingR2T", "4"), ("ErrorRecoveryLevel", "2"),
-                             ("DefaultTime2Wait", "0"), ("DefaultTime2Retain", "60"),
-                             ("X-com.example.private", "1"), ("OFMarker", "No")])
+    rsp = plain_login(
+        conn,
+        [
+            ("HeaderDigest", "CRC32C,None"),
+            ("DataDigest", "None"),
+            ("ImmediateData", "Yes"),
+            ("InitialR2T", "No"),
+            ("MaxBurstLength", "1048576"),
+            ("FirstBurstLength", "2097152"),
+            ("MaxOutstandingR2T", "4"),
+            ("ErrorRecoveryLevel", "2"),
+            ("DefaultTime2Wait", "0"),
+            ("DefaultTime2Retain", "60"),
+            ("X-com.example.private", "1"),
+            ("OFMarker", "No"),
+        ],
+    )
     assert rsp.opcode == Op.LOGIN_RSP
     assert rsp.login_status == 0
     assert rsp.bhs[1] & 0x80 and rsp.bhs[1] & 3 == 3
@@ -54,11 +65,19 @@ def test_plain_login_enters_full_feature_and_negotiates():
     assert len(backend.nexuses) == 1
 
 
-@pytest.mark.parametrize("key,value", [
-    ("MaxBurstLength", "100"), ("MaxBurstLength", "abc"), ("MaxRecvDataSegmentLength", "1"),
-    ("ImmediateData", "Maybe"), ("HeaderDigest", "MD5"), ("ErrorRecoveryLevel", "7"),
-    ("MaxOutstandingR2T", "0"), ("DefaultTime2Wait", "99999"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MaxBurstLength", "100"),
+        ("MaxBurstLength", "abc"),
+        ("MaxRecvDataSegmentLength", "1"),
+        ("ImmediateData", "Maybe"),
+        ("HeaderDigest", "MD5"),
+        ("ErrorRecoveryLevel", "7"),
+        ("MaxOutstandingR2T", "0"),
+        ("DefaultTime2Wait", "99999"),
+    ],
+)
 def test_bad_values_are_rejected_and_defaults_kept(key, value):
     conn, _ = make_connection()
     rsp = plain_login(conn, [(key, value)])
@@ -78,14 +97,21 @@ def test_duplicate_key_fails_login():
     assert conn.closing
 
 
-@pytest.mark.parametrize("keys,status", [
-    ([("TargetName", TARGET)], LoginStatus.MISSING_PARAMETER),
-    ([("InitiatorName", INITIATOR)], LoginStatus.MISSING_PARAMETER),
-    ([("InitiatorName", INITIATOR), ("TargetName", "iqn.2026-11.org.cairn:nope")],
-     LoginStatus.NOT_FOUND),
-    ([("InitiatorName", INITIATOR), ("TargetName", TARGET), ("SessionType", "Weird")],
-     LoginStatus.SESSION_TYPE_NOT_SUPPORTED),
-])
+@pytest.mark.parametrize(
+    "keys,status",
+    [
+        ([("TargetName", TARGET)], LoginStatus.MISSING_PARAMETER),
+        ([("InitiatorName", INITIATOR)], LoginStatus.MISSING_PARAMETER),
+        (
+            [("InitiatorName", INITIATOR), ("TargetName", "iqn.2026-11.org.cairn:nope")],
+            LoginStatus.NOT_FOUND,
+        ),
+        (
+            [("InitiatorName", INITIATOR), ("TargetName", TARGET), ("SessionType", "Weird")],
+            LoginStatus.SESSION_TYPE_NOT_SUPPORTED,
+        ),
+    ],
+)
 def test_login_failures(keys, status):
     conn, _ = make_connection()
     (rsp,) = feed(conn, login_pdu(keys))
@@ -95,12 +121,14 @@ def test_login_failures(keys, status):
 
 def test_unsupported_version_and_bad_transition():
     conn, _ = make_connection()
-    (rsp,) = feed(conn, login_pdu([("InitiatorName", INITIATOR), ("TargetName", TARGET)],
-                                  version_min=1))
+    (rsp,) = feed(
+        conn, login_pdu([("InitiatorName", INITIATOR), ("TargetName", TARGET)], version_min=1)
+    )
     assert rsp.login_status == LoginStatus.UNSUPPORTED_VERSION
     conn, _ = make_connection()
-    (rsp,) = feed(conn, login_pdu([("InitiatorName", INITIATOR), ("TargetName", TARGET)],
-                                  csg=1, nsg=0))
+    (rsp,) = feed(
+        conn, login_pdu([("InitiatorName", INITIATOR), ("TargetName", TARGET)], csg=1, nsg=0)
+    )
     assert rsp.login_status == LoginStatus.INITIATOR_ERROR
 
 
@@ -144,8 +172,14 @@ def test_chap_required_but_security_stage_skipped():
 
 def test_chap_required_but_only_none_offered():
     conn, _ = make_connection(chap=CHAP)
-    (rsp,) = feed(conn, login_pdu([("InitiatorName", INITIATOR), ("TargetName", TARGET),
-                                   ("AuthMethod", "None")], csg=0, nsg=1))
+    (rsp,) = feed(
+        conn,
+        login_pdu(
+            [("InitiatorName", INITIATOR), ("TargetName", TARGET), ("AuthMethod", "None")],
+            csg=0,
+            nsg=1,
+        ),
+    )
     assert rsp.login_status == LoginStatus.AUTH_FAILURE
 
 
@@ -156,21 +190,38 @@ def test_mutual_chap_target_proves_itself():
     assert conn.full_feature
     keys = out[2].keys
     assert keys["CHAP_N"] == "target1"
-    assert decode_binary(keys["CHAP_R"]) == chap_response(5, 7, MUTUAL.target_secret or b"",
-                                                         challenge)
+    assert decode_binary(keys["CHAP_R"]) == chap_response(
+        5, 7, MUTUAL.target_secret or b"", challenge
+    )
 
 
 def test_mutual_chap_refuses_reflected_challenge():
     conn, _ = make_connection(chap=MUTUAL)
-    out = feed(conn, login_pdu([("InitiatorName", INITIATOR), ("TargetName", TARGET),
-                                ("AuthMethod", "CHAP")], csg=0, transit=False))
+    out = feed(
+        conn,
+        login_pdu(
+            [("InitiatorName", INITIATOR), ("TargetName", TARGET), ("AuthMethod", "CHAP")],
+            csg=0,
+            transit=False,
+        ),
+    )
     out += feed(conn, login_pdu([("CHAP_A", "5")], csg=0, transit=False))
     k = out[-1].keys
     ident, challenge = int(k["CHAP_I"]), decode_binary(k["CHAP_C"])
     resp = chap_response(5, ident, MUTUAL.secret, challenge)
-    (rsp,) = feed(conn, login_pdu([("CHAP_N", "alice"), ("CHAP_R", "0x" + resp.hex()),
-                                   ("CHAP_I", str(ident)), ("CHAP_C", "0x" + challenge.hex())],
-                                  csg=0, nsg=1))
+    (rsp,) = feed(
+        conn,
+        login_pdu(
+            [
+                ("CHAP_N", "alice"),
+                ("CHAP_R", "0x" + resp.hex()),
+                ("CHAP_I", str(ident)),
+                ("CHAP_C", "0x" + challenge.hex()),
+            ],
+            csg=0,
+            nsg=1,
+        ),
+    )
     assert rsp.login_status == LoginStatus.AUTH_FAILURE
 
 
@@ -196,19 +247,18 @@ def test_discovery_send_targets_respects_acl():
     conn, _ = make_connection()
     (rsp,) = feed(conn, login_pdu([("InitiatorName", INITIATOR), ("SessionType", "Discovery")]))
     assert rsp.login_status == 0 and conn.discovery
-    from .iscsi_helpers import simple_pdu
     import struct
 
+    from .iscsi_helpers import simple_pdu
+
     text = b"SendTargets=All\0"
-    (t,) = feed(conn, simple_pdu(Op.TEXT_REQ, 0x80, 5, struct.pack(">III", 0xFFFFFFFF, 1, 0),
-                                 text))
+    (t,) = feed(conn, simple_pdu(Op.TEXT_REQ, 0x80, 5, struct.pack(">III", 0xFFFFFFFF, 1, 0), text))
     pairs = parse_text(t.data)
     assert ("TargetName", TARGET) in pairs
     assert ("TargetAddress", "127.0.0.1:3260,1") in pairs
     conn, _ = make_connection(acl=Acl.parse(["10.0.0.0/8"]))
     feed(conn, login_pdu([("InitiatorName", INITIATOR), ("SessionType", "Discovery")]))
-    (t,) = feed(conn, simple_pdu(Op.TEXT_REQ, 0x80, 5, struct.pack(">III", 0xFFFFFFFF, 1, 0),
-                                 text))
+    (t,) = feed(conn, simple_pdu(Op.TEXT_REQ, 0x80, 5, struct.pack(">III", 0xFFFFFFFF, 1, 0), text))
     assert parse_text(t.data) == []
 
 

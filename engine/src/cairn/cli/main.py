@@ -25,13 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cairn replicated block storage: iSCSI targets backed by replica stores.",
     )
     parser.add_argument("--version", action="version", version=f"cairn {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="how much to log on stderr (default: info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log on stderr (default: info)",
+    )
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
 
-    target = sub.add_parser("target", help="run and inspect iSCSI targets",
-                            description="Run and inspect iSCSI targets.")
+    target = sub.add_parser(
+        "target", help="run and inspect iSCSI targets", description="Run and inspect iSCSI targets."
+    )
     tsub = target.add_subparsers(dest="action", metavar="ACTION", required=True)
     serve = tsub.add_parser(
         "serve",
@@ -40,28 +44,59 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve one volume as an iSCSI target (LUN 0). The volume lives in the embedded "
             "store in DATA; it is created when absent and reopened otherwise (the size must "
             "match or grow). Prints the iSCSI URL on stdout when ready; logs go to stderr. "
-            "SIGTERM stops it cleanly."),
+            "SIGTERM stops it cleanly."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--volume", required=True, help="volume name")
-    serve.add_argument("--size", required=True, type=_size,
-                       help="volume size in bytes or with a K/M/G/T suffix (powers of 1024)")
-    serve.add_argument("--data", required=True, type=Path,
-                       help="directory of the embedded store (created when absent)")
+    serve.add_argument(
+        "--size",
+        required=True,
+        type=_size,
+        help="volume size in bytes or with a K/M/G/T suffix (powers of 1024)",
+    )
+    serve.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="directory of the embedded store (created when absent)",
+    )
     serve.add_argument("--portal", default="127.0.0.1:3260", help="HOST:PORT to listen on")
     serve.add_argument("--iqn", required=True, help="the target's iSCSI name (iqn....)")
-    serve.add_argument("--block-size", type=int, choices=[512, 4096], default=512,
-                       help="logical block size in bytes")
-    serve.add_argument("--chap-secret-file", type=Path, default=None,
-                       help="file with username=, secret= (and target_username=, "
-                            "target_secret= for mutual CHAP); without it, no authentication")
-    serve.add_argument("--allow-initiator", action="append", default=[], metavar="IQN|CIDR",
-                       help="admit only these initiators (names and/or networks); "
-                            "repeat for more; default: everyone")
-    serve.add_argument("--store", choices=["embedded", "null"], default="embedded",
-                       help="'null' discards writes and reads zeros (benchmarks only)")
-    serve.add_argument("--nop-interval", type=float, default=5.0,
-                       help="seconds of silence before the target pings an initiator (0: never)")
+    serve.add_argument(
+        "--block-size",
+        type=int,
+        choices=[512, 4096],
+        default=512,
+        help="logical block size in bytes",
+    )
+    serve.add_argument(
+        "--chap-secret-file",
+        type=Path,
+        default=None,
+        help="file with username=, secret= (and target_username=, "
+        "target_secret= for mutual CHAP); without it, no authentication",
+    )
+    serve.add_argument(
+        "--allow-initiator",
+        action="append",
+        default=[],
+        metavar="IQN|CIDR",
+        help="admit only these initiators (names and/or networks); "
+        "repeat for more; default: everyone",
+    )
+    serve.add_argument(
+        "--store",
+        choices=["embedded", "null"],
+        default="embedded",
+        help="'null' discards writes and reads zeros (benchmarks only)",
+    )
+    serve.add_argument(
+        "--nop-interval",
+        type=float,
+        default=5.0,
+        help="seconds of silence before the target pings an initiator (0: never)",
+    )
     return parser
 
 
@@ -77,9 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.size <= 0:
             parser.error("--size must be positive")
         opts = ServeOptions(
-            volume=args.volume, size=args.size, data=args.data, portal=args.portal,
-            iqn=args.iqn, block_size=args.block_size, chap_secret_file=args.chap_secret_file,
-            allow_initiator=args.allow_initiator, store=args.store,
+            volume=args.volume,
+            size=args.size,
+            data=args.data,
+            portal=args.portal,
+            iqn=args.iqn,
+            block_size=args.block_size,
+            chap_secret_file=args.chap_secret_file,
+            allow_initiator=args.allow_initiator,
+            store=args.store,
             nop_interval=args.nop_interval,
         )
         return serve(opts)

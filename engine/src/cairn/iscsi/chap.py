@@ -103,8 +103,11 @@ class ChapExchange:
         self.algorithm = alg
         self.ident = os.urandom(1)[0]
         self.challenge = os.urandom(16 if alg == 5 else 32)
-        return [("CHAP_A", str(alg)), ("CHAP_I", str(self.ident)),
-                ("CHAP_C", "0x" + self.challenge.hex())]
+        return [
+            ("CHAP_A", str(alg)),
+            ("CHAP_I", str(self.ident)),
+            ("CHAP_C", "0x" + self.challenge.hex()),
+        ]
 
     def verify(self, keys: dict[str, str]) -> list[tuple[str, str]]:
         """Check the initiator's answer; return the keys of the target's answer (mutual)."""

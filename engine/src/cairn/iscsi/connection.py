@@ -134,29 +134,29 @@ class Connection:
             ahs = view[pos + 4] << 2
             dsl = (view[pos + 5] << 16) | (view[pos + 6] << 8) | view[pos + 7]
             if dsl > self.max_recv:
-                self._reject(bytes(view[pos:pos + 48]), P.RejectReason.PROTOCOL_ERROR)
+                self._reject(bytes(view[pos : pos + 48]), P.RejectReason.PROTOCOL_ERROR)
                 self._close(f"data segment of {dsl} bytes exceeds {self.max_recv}")
                 return n
             hlen = 48 + ahs
             total = hlen + self.hd + dsl + ((-dsl) & 3) + (self.dd if dsl else 0)
             if n - pos < total:
                 break
-            bhs = bytes(view[pos:pos + 48])
+            bhs = bytes(view[pos : pos + 48])
             if self.hd:
-                got = int.from_bytes(view[pos + hlen:pos + hlen + 4], "little")
-                if got != P.crc32c(view[pos:pos + hlen]):
+                got = int.from_bytes(view[pos + hlen : pos + hlen + 4], "little")
+                if got != P.crc32c(view[pos : pos + hlen]):
                     self._close("header digest error")
                     return n
             dstart = pos + hlen + self.hd
-            data = view[dstart:dstart + dsl]
+            data = view[dstart : dstart + dsl]
             if self.dd and dsl:
                 dend = dstart + dsl + ((-dsl) & 3)
-                got = int.from_bytes(view[dend:dend + 4], "little")
+                got = int.from_bytes(view[dend : dend + 4], "little")
                 if got != P.crc32c(view[dstart:dend]):
                     self._reject(bhs, P.RejectReason.DATA_DIGEST_ERROR)
                     self._close("data digest error")
                     return n
-            ahs_bytes = bytes(view[pos + 48:pos + hlen]) if ahs else b""
+            ahs_bytes = bytes(view[pos + 48 : pos + hlen]) if ahs else b""
             pos += total
             self._idle = 0.0
             try:
@@ -216,8 +216,9 @@ class Connection:
         self.dd = 4 if self.params.data_digest else 0
         self.initiator_name = lm.initiator_name
         self.target = lm.target
-        self.record = SessionRecord(lm.tsih, lm.initiator_name, lm.isid,
-                                    lm.target.iqn if lm.target else None, self._close)
+        self.record = SessionRecord(
+            lm.tsih, lm.initiator_name, lm.isid, lm.target.iqn if lm.target else None, self._close
+        )
         if lm.target is not None:
             from cairn.scsi import Nexus
 
@@ -231,12 +232,22 @@ class Connection:
             self.backend.nexus_added(self.nexus)
         else:
             self.sessions.add(self.record)
-        log.info("event=login peer=%s initiator=%s target=%s tsih=%d discovery=%s "
-                 "digests=%s/%s mrdsl_i=%d burst=%d/%d immediate=%s initial_r2t=%s",
-                 self.peer, lm.initiator_name, lm.target.iqn if lm.target else "-", lm.tsih,
-                 lm.discovery, self.params.header_digest, self.params.data_digest,
-                 self.params.max_recv_dsl_initiator, self.params.first_burst,
-                 self.params.max_burst, self.params.immediate_data, self.params.initial_r2t)
+        log.info(
+            "event=login peer=%s initiator=%s target=%s tsih=%d discovery=%s "
+            "digests=%s/%s mrdsl_i=%d burst=%d/%d immediate=%s initial_r2t=%s",
+            self.peer,
+            lm.initiator_name,
+            lm.target.iqn if lm.target else "-",
+            lm.tsih,
+            lm.discovery,
+            self.params.header_digest,
+            self.params.data_digest,
+            self.params.max_recv_dsl_initiator,
+            self.params.first_burst,
+            self.params.max_burst,
+            self.params.immediate_data,
+            self.params.initial_r2t,
+        )
 
     # ------------------------------------------------------------------ helpers
     def _close(self, reason: str) -> None:
@@ -275,8 +286,9 @@ class Connection:
     def _reject(self, bhs: bytes, reason: int) -> None:
         if not self.full_feature:
             return  # no StatSN yet: the connection is simply closed
-        rest = struct.pack(">IIIIIII", RESERVED, self._next_statsn(), self.exp_cmdsn,
-                           self._max_cmdsn, 0, 0, 0)
+        rest = struct.pack(
+            ">IIIIIII", RESERVED, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn, 0, 0, 0
+        )
         hdr = P.build_bhs(P.Op.REJECT, 0x80, reason, 0, 48, _NO_LUN, RESERVED, rest)
         self._emit(hdr, bhs[:48])
 
@@ -292,8 +304,13 @@ class Connection:
             if len(self._queued) < CMD_WINDOW:
                 self._queued[cmdsn] = (bhs, ahs, memoryview(bytes(data)))
             return False
-        log.warning("event=cmdsn_outside_window peer=%s cmdsn=%d exp=%d max=%d", self.peer,
-                    cmdsn, self.exp_cmdsn, self._max_cmdsn)
+        log.warning(
+            "event=cmdsn_outside_window peer=%s cmdsn=%d exp=%d max=%d",
+            self.peer,
+            cmdsn,
+            self.exp_cmdsn,
+            self._max_cmdsn,
+        )
         return False
 
     def _run_queued(self) -> None:
@@ -334,8 +351,9 @@ class Connection:
             if spdtl:  # the CDB wants data the initiator will not send
                 self._finish(lun, itt, lun_raw, None, edtl, read, spdtl)
                 return
-            self._finish(lun, itt, lun_raw, backend.execute(lun, cdb, None, self.nexus), edtl,
-                         read, None)
+            self._finish(
+                lun, itt, lun_raw, backend.execute(lun, cdb, None, self.nexus), edtl, read, None
+            )
             return
         if dsl and not self.params.immediate_data:
             self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
@@ -354,8 +372,9 @@ class Connection:
             unsol_end = min(self.params.first_burst, edtl)
         buf = bytearray(edtl)
         buf[:dsl] = data
-        w = _Write(itt, lun, lun_raw, cdb, edtl, buf, dsl, unsol_end, unsol_end, 0, {}, 0,
-                   spdtl, read)
+        w = _Write(
+            itt, lun, lun_raw, cdb, edtl, buf, dsl, unsol_end, unsol_end, 0, {}, 0, spdtl, read
+        )
         self._writes[itt] = w
         self._send_r2ts(w)
 
@@ -366,9 +385,23 @@ class Connection:
             ttt = self._ttt_next
             self._ttt_next = (ttt + 1) & 0x7FFFFFFF or 1
             w.outstanding[ttt] = [w.next_offset, length, 0, 0]
-            hdr = _R2T.pack(P.Op.R2T, 0x80, 0, 0, 0, b"\0\0\0", w.lun_raw, w.itt, ttt,
-                            self.statsn, self.exp_cmdsn, self._max_cmdsn, w.r2tsn,
-                            w.next_offset, length)
+            hdr = _R2T.pack(
+                P.Op.R2T,
+                0x80,
+                0,
+                0,
+                0,
+                b"\0\0\0",
+                w.lun_raw,
+                w.itt,
+                ttt,
+                self.statsn,
+                self.exp_cmdsn,
+                self._max_cmdsn,
+                w.r2tsn,
+                w.next_offset,
+                length,
+            )
             w.r2tsn += 1
             w.next_offset += length
             self._emit(hdr)
@@ -388,8 +421,11 @@ class Connection:
             w.unsol_datasn += 1
         else:
             r2t = w.outstanding.get(ttt)
-            if r2t is None or datasn != r2t[3] or not (
-                    r2t[0] <= offset and offset + n <= r2t[0] + r2t[1]):
+            if (
+                r2t is None
+                or datasn != r2t[3]
+                or not (r2t[0] <= offset and offset + n <= r2t[0] + r2t[1])
+            ):
                 self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
                 self._close("Data-Out does not match its R2T (offset, length or DataSN)")
                 return
@@ -397,18 +433,28 @@ class Connection:
             r2t[2] += n
             if r2t[2] >= r2t[1]:
                 del w.outstanding[ttt]
-        w.buf[offset:offset + n] = data
+        w.buf[offset : offset + n] = data
         w.got += n
         self.stats["write_bytes"] += n
         if w.got >= w.edtl and not w.outstanding:
             del self._writes[itt]
-            self._execute_write(w.lun, itt, w.lun_raw, w.cdb, memoryview(w.buf), w.edtl,
-                                w.read, w.spdtl)
+            self._execute_write(
+                w.lun, itt, w.lun_raw, w.cdb, memoryview(w.buf), w.edtl, w.read, w.spdtl
+            )
         elif w.next_offset < w.edtl:
             self._send_r2ts(w)
 
-    def _execute_write(self, lun: int, itt: int, lun_raw: bytes, cdb: bytes,
-                       data: memoryview, edtl: int, read: bool, spdtl: int | None) -> None:
+    def _execute_write(
+        self,
+        lun: int,
+        itt: int,
+        lun_raw: bytes,
+        cdb: bytes,
+        data: memoryview,
+        edtl: int,
+        read: bool,
+        spdtl: int | None,
+    ) -> None:
         if spdtl is not None and spdtl != edtl:
             self._finish(lun, itt, lun_raw, None, edtl, read, spdtl)
             return
@@ -416,8 +462,16 @@ class Connection:
         result = self.backend.execute(lun, cdb, data, self.nexus)
         self._finish(lun, itt, lun_raw, result, edtl, read, spdtl)
 
-    def _finish(self, lun: int, itt: int, lun_raw: bytes, result: Any, edtl: int, read: bool,
-                spdtl: int | None) -> None:
+    def _finish(
+        self,
+        lun: int,
+        itt: int,
+        lun_raw: bytes,
+        result: Any,
+        edtl: int,
+        read: bool,
+        spdtl: int | None,
+    ) -> None:
         if result is not None and result.flush and result.status == STATUS_GOOD:
             fr = FlushRequest(lun, itt, result, edtl, lun_raw, read, spdtl)
             self._pending_flush.append(fr)
@@ -438,14 +492,16 @@ class Connection:
             result = flush_failed_result(error)
         self._respond(fr.itt, fr.lun_raw, result, fr.edtl, fr.read, fr.spdtl)
 
-    def _respond(self, itt: int, lun_raw: bytes, result: Any, edtl: int, read: bool,
-                 spdtl: int | None) -> None:
+    def _respond(
+        self, itt: int, lun_raw: bytes, result: Any, edtl: int, read: bool, spdtl: int | None
+    ) -> None:
         """Send data-in (phase-collapsed when possible) and the status of a command."""
         if result is None:  # EDTL does not match what the CDB transfers
             assert spdtl is not None
             flags = 0x80 | (0x04 if spdtl > edtl else 0x02)
-            self._scsi_response(itt, STATUS_CHECK_CONDITION, _SENSE_INVALID_IU, flags,
-                                abs(spdtl - edtl))
+            self._scsi_response(
+                itt, STATUS_CHECK_CONDITION, _SENSE_INVALID_IU, flags, abs(spdtl - edtl)
+            )
             return
         status = result.status
         data = result.data
@@ -474,23 +530,50 @@ class Connection:
             flags, residual = 0x80 | 0x02, edtl
         self._scsi_response(itt, status, result.sense, flags, residual)
 
-    def _scsi_response(self, itt: int, status: int, sense: bytes, flags: int,
-                       residual: int) -> None:
+    def _scsi_response(
+        self, itt: int, status: int, sense: bytes, flags: int, residual: int
+    ) -> None:
         payload = (len(sense).to_bytes(2, "big") + sense) if sense else b""
-        hdr = _RSP.pack(P.Op.SCSI_RSP, flags, 0, status, 0, len(payload).to_bytes(3, "big"),
-                        _NO_LUN, itt, 0, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn,
-                        0, 0, residual)
+        hdr = _RSP.pack(
+            P.Op.SCSI_RSP,
+            flags,
+            0,
+            status,
+            0,
+            len(payload).to_bytes(3, "big"),
+            _NO_LUN,
+            itt,
+            0,
+            self._next_statsn(),
+            self.exp_cmdsn,
+            self._max_cmdsn,
+            0,
+            0,
+            residual,
+        )
         self._emit(hdr, payload)
 
-    def _data_in(self, itt: int, lun_raw: bytes, data: Any, send: int, collapse: bool,
-                 status: int, rflags: int, residual: int) -> None:
+    def _data_in(
+        self,
+        itt: int,
+        lun_raw: bytes,
+        data: Any,
+        send: int,
+        collapse: bool,
+        status: int,
+        rflags: int,
+        residual: int,
+    ) -> None:
         seg_max = self.params.max_recv_dsl_initiator
         burst = self.params.max_burst
         if isinstance(data, list):
             pieces: list[Any] = data
             if self.dd:
-                pieces = [b"".join(self._read_extent(e) if isinstance(e, Extent) else bytes(e)
-                                   for e in data)]
+                pieces = [
+                    b"".join(
+                        self._read_extent(e) if isinstance(e, Extent) else bytes(e) for e in data
+                    )
+                ]
         else:
             pieces = [data]
         datasn = 0
@@ -506,14 +589,41 @@ class Connection:
             if burst_left == 0:
                 burst_left = burst
             if last and collapse:
-                hdr = _DATA_IN.pack(P.Op.DATA_IN, f | 0x01 | (rflags & 0x06), 0, status, 0,
-                                    n.to_bytes(3, "big"), lun_raw, itt, RESERVED,
-                                    self._next_statsn(), self.exp_cmdsn, self._max_cmdsn,
-                                    datasn, offset, residual)
+                hdr = _DATA_IN.pack(
+                    P.Op.DATA_IN,
+                    f | 0x01 | (rflags & 0x06),
+                    0,
+                    status,
+                    0,
+                    n.to_bytes(3, "big"),
+                    lun_raw,
+                    itt,
+                    RESERVED,
+                    self._next_statsn(),
+                    self.exp_cmdsn,
+                    self._max_cmdsn,
+                    datasn,
+                    offset,
+                    residual,
+                )
             else:
-                hdr = _DATA_IN.pack(P.Op.DATA_IN, f, 0, 0, 0, n.to_bytes(3, "big"), lun_raw,
-                                    itt, RESERVED, 0, self.exp_cmdsn, self._max_cmdsn, datasn,
-                                    offset, 0)
+                hdr = _DATA_IN.pack(
+                    P.Op.DATA_IN,
+                    f,
+                    0,
+                    0,
+                    0,
+                    n.to_bytes(3, "big"),
+                    lun_raw,
+                    itt,
+                    RESERVED,
+                    0,
+                    self.exp_cmdsn,
+                    self._max_cmdsn,
+                    datasn,
+                    offset,
+                    0,
+                )
             self._emit_chunks(hdr, chunk, n)
             datasn += 1
             offset += n
@@ -547,8 +657,9 @@ class Connection:
         if not self._check_cmdsn(bhs, b"", data):
             return
         echo = bytes(data[: self.params.max_recv_dsl_initiator])
-        rest = struct.pack(">IIIIIII", RESERVED, self._next_statsn(), self.exp_cmdsn,
-                           self._max_cmdsn, 0, 0, 0)
+        rest = struct.pack(
+            ">IIIIIII", RESERVED, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn, 0, 0, 0
+        )
         self._emit(P.build_bhs(P.Op.NOP_IN, 0x80, 0, 0, len(echo), bhs[8:16], itt, rest), echo)
         if self._queued:
             self._run_queued()
@@ -568,8 +679,9 @@ class Connection:
             self._ttt_next = (ttt + 1) & 0x7FFFFFFF or 1
             self._ping_ttt = ttt
             self._ping_age = 0.0
-            rest = struct.pack(">IIIIIII", ttt, self.statsn, self.exp_cmdsn, self._max_cmdsn,
-                               0, 0, 0)
+            rest = struct.pack(
+                ">IIIIIII", ttt, self.statsn, self.exp_cmdsn, self._max_cmdsn, 0, 0, 0
+            )
             self._emit(P.build_bhs(P.Op.NOP_IN, 0x80, 0, 0, 0, _NO_LUN, RESERVED, rest))
 
     # ------------------------------------------------------------------ task management
@@ -590,8 +702,8 @@ class Connection:
                 # this request) it counts as received and aborted (RFC 7143 11.5.1).
                 ref_cmdsn, tmf_cmdsn = _I32.unpack_from(bhs, 32)[0], _I32.unpack_from(bhs, 24)[0]
                 if self._queued.pop(ref_cmdsn, None) is None and not (
-                        not _serial_lt(ref_cmdsn, self.exp_cmdsn)
-                        and _serial_lt(ref_cmdsn, tmf_cmdsn)):
+                    not _serial_lt(ref_cmdsn, self.exp_cmdsn) and _serial_lt(ref_cmdsn, tmf_cmdsn)
+                ):
                     response = P.TmfResponse.TASK_DOES_NOT_EXIST
         elif function in (P.TmfFunction.ABORT_TASK_SET, P.TmfFunction.CLEAR_TASK_SET):
             if not backend.has_lun(lun):
@@ -612,10 +724,16 @@ class Connection:
             response = P.TmfResponse.NOT_SUPPORTED
         else:
             response = P.TmfResponse.NOT_SUPPORTED
-        log.info("event=task_management peer=%s function=%d lun=%d response=%d", self.peer,
-                 function, lun, response)
-        rest = struct.pack(">IIIIIII", 0, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn,
-                           0, 0, 0)
+        log.info(
+            "event=task_management peer=%s function=%d lun=%d response=%d",
+            self.peer,
+            function,
+            lun,
+            response,
+        )
+        rest = struct.pack(
+            ">IIIIIII", 0, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn, 0, 0, 0
+        )
         self._emit(P.build_bhs(P.Op.TASK_MGMT_RSP, 0x80, response, 0, 0, _NO_LUN, itt, rest))
         if cold:
             if self.on_cold_reset is not None:
@@ -658,15 +776,19 @@ class Connection:
                 if key == "SendTargets":
                     if not self.discovery and value == "All":
                         value = self.target.iqn if self.target else ""
-                    answer += send_targets(self.directory, self.initiator_name, self.peer,
-                                           value)
+                    answer += send_targets(self.directory, self.initiator_name, self.peer, value)
                 else:
                     answer.append((key, "NotUnderstood"))
         payload = encode_text(answer)[: self.params.max_recv_dsl_initiator]
-        rest = struct.pack(">IIIIIII", RESERVED, self._next_statsn(), self.exp_cmdsn,
-                           self._max_cmdsn, 0, 0, 0)
-        self._emit(P.build_bhs(P.Op.TEXT_RSP, 0x80 if final else 0x40, 0, 0, len(payload),
-                               _NO_LUN, pdu_itt, rest), payload)
+        rest = struct.pack(
+            ">IIIIIII", RESERVED, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn, 0, 0, 0
+        )
+        self._emit(
+            P.build_bhs(
+                P.Op.TEXT_RSP, 0x80 if final else 0x40, 0, 0, len(payload), _NO_LUN, pdu_itt, rest
+            ),
+            payload,
+        )
         if self._queued:
             self._run_queued()
 
@@ -678,8 +800,9 @@ class Connection:
         response = 0
         if reason == 2:
             response = 2  # connection recovery is not supported (ErrorRecoveryLevel=0)
-        rest = struct.pack(">IIIIIHHI", 0, self._next_statsn(), self.exp_cmdsn,
-                           self._max_cmdsn, 0, 0, 0, 0)
+        rest = struct.pack(
+            ">IIIIIHHI", 0, self._next_statsn(), self.exp_cmdsn, self._max_cmdsn, 0, 0, 0, 0
+        )
         self._emit(P.build_bhs(P.Op.LOGOUT_RSP, 0x80, response, 0, 0, _NO_LUN, itt, rest))
         if response == 0:
             self._close("logout")
@@ -703,13 +826,19 @@ class _Chunker:
             if isinstance(item, Extent):
                 avail = item.length - self.off
                 k = min(n, avail)
-                out.append(Extent(item.fd, item.offset + self.off, k)
-                           if (self.off or k != item.length) else item)
+                out.append(
+                    Extent(item.fd, item.offset + self.off, k)
+                    if (self.off or k != item.length)
+                    else item
+                )
             else:
                 avail = len(item) - self.off
                 k = min(n, avail)
-                out.append(memoryview(item)[self.off:self.off + k]
-                           if (self.off or k != len(item)) else item)
+                out.append(
+                    memoryview(item)[self.off : self.off + k]
+                    if (self.off or k != len(item))
+                    else item
+                )
             n -= k
             if k == avail:
                 self.i += 1
@@ -729,10 +858,10 @@ def _extended_cdb(ahs: bytes) -> bytes:
     """Bytes 17.. of a CDB longer than 16 bytes, from an Extended CDB AHS (type 1)."""
     pos = 0
     while pos + 4 <= len(ahs):
-        length = int.from_bytes(ahs[pos:pos + 2], "big")
+        length = int.from_bytes(ahs[pos : pos + 2], "big")
         kind = ahs[pos + 2]
         if kind == 1:
-            return ahs[pos + 4:pos + 3 + length]
+            return ahs[pos + 4 : pos + 3 + length]
         pos += 4 + length + ((-(length + 3)) & 3)
     return b""
 

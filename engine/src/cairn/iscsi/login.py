@@ -81,16 +81,22 @@ class LoginMachine:
         except LoginFailure as f:
             self.outcome = Outcome.FAILED
             self.failure = f.reason
-            log.warning("event=login_refused initiator=%s peer=%s target=%s status=0x%04x "
-                        "reason=%r", self.initiator_name or "-", self.peer_address or "-",
-                        self.target.iqn if self.target else "-", f.status, f.reason)
+            log.warning(
+                "event=login_refused initiator=%s peer=%s target=%s status=0x%04x reason=%r",
+                self.initiator_name or "-",
+                self.peer_address or "-",
+                self.target.iqn if self.target else "-",
+                f.status,
+                f.reason,
+            )
             return [self._response(pdu, f.status, transit=False, csg=0, nsg=0, data=b"")]
 
     # --- internals ----------------------------------------------------------------
     def _handle(self, pdu: Pdu) -> list[bytes]:
         if pdu.opcode != Op.LOGIN_REQ:
-            raise LoginFailure(LoginStatus.INVALID_DURING_LOGIN,
-                               f"opcode 0x{pdu.opcode:02x} during login")
+            raise LoginFailure(
+                LoginStatus.INVALID_DURING_LOGIN, f"opcode 0x{pdu.opcode:02x} during login"
+            )
         bhs = pdu.bhs
         transit = bool(bhs[1] & 0x80)
         cont = bool(bhs[1] & 0x40)
@@ -104,8 +110,9 @@ class LoginMachine:
 
         if self._stage is None:  # first PDU of the login
             if version_min > 0:
-                raise LoginFailure(LoginStatus.UNSUPPORTED_VERSION,
-                                   f"version-min {version_min} > 0")
+                raise LoginFailure(
+                    LoginStatus.UNSUPPORTED_VERSION, f"version-min {version_min} > 0"
+                )
             del version_max
             self.isid, self.tsih, self.cid = isid, tsih, cid
             self.itt = pdu.itt
@@ -118,8 +125,10 @@ class LoginMachine:
             if isid != self.isid or tsih != self.tsih or cid != self.cid:
                 raise LoginFailure(LoginStatus.INITIATOR_ERROR, "ISID, TSIH or CID changed")
             if csg != self._stage:
-                raise LoginFailure(LoginStatus.INITIATOR_ERROR,
-                                   f"CSG {csg} but the login is in stage {int(self._stage)}")
+                raise LoginFailure(
+                    LoginStatus.INITIATOR_ERROR,
+                    f"CSG {csg} but the login is in stage {int(self._stage)}",
+                )
         if transit and cont:
             raise LoginFailure(LoginStatus.INITIATOR_ERROR, "T and C bits both set")
         if transit and (nsg == 2 or nsg <= csg):
@@ -148,8 +157,10 @@ class LoginMachine:
         if csg == Stage.SECURITY:
             ready = self._security(keys, answer)
         elif self._auth_required():
-            raise LoginFailure(LoginStatus.AUTH_FAILURE,
-                               "authentication is required but the security stage was skipped")
+            raise LoginFailure(
+                LoginStatus.AUTH_FAILURE,
+                "authentication is required but the security stage was skipped",
+            )
         answer += self._operational(pairs, csg)
 
         if transit and ready:
@@ -177,10 +188,12 @@ class LoginMachine:
             raise LoginFailure(LoginStatus.SESSION_TYPE_NOT_SUPPORTED, f"SessionType {stype}")
         if self.tsih != 0:
             if not self.sessions.has_tsih(self.tsih):
-                raise LoginFailure(LoginStatus.SESSION_DOES_NOT_EXIST,
-                                   f"no session with TSIH {self.tsih}")
-            raise LoginFailure(LoginStatus.TOO_MANY_CONNECTIONS,
-                               "one connection per session (MaxConnections=1)")
+                raise LoginFailure(
+                    LoginStatus.SESSION_DOES_NOT_EXIST, f"no session with TSIH {self.tsih}"
+                )
+            raise LoginFailure(
+                LoginStatus.TOO_MANY_CONNECTIONS, "one connection per session (MaxConnections=1)"
+            )
         if stype == "Discovery":
             self.discovery = True
             return []
@@ -192,8 +205,10 @@ class LoginMachine:
             raise LoginFailure(LoginStatus.NOT_FOUND, f"no target {target_name}")
         self.target = spec
         if not spec.acl.admits(name, self.peer_address):
-            raise LoginFailure(LoginStatus.AUTHORIZATION_FAILURE,
-                               f"initiator {name} from {self.peer_address} is not in the ACL")
+            raise LoginFailure(
+                LoginStatus.AUTHORIZATION_FAILURE,
+                f"initiator {name} from {self.peer_address} is not in the ACL",
+            )
         out = [("TargetPortalGroupTag", str(spec.tpgt))]
         if spec.alias:
             out.append(("TargetAlias", spec.alias))
@@ -215,13 +230,15 @@ class LoginMachine:
             if config is not None:
                 if "CHAP" not in offered:
                     answer.append(("AuthMethod", "Reject"))
-                    raise LoginFailure(LoginStatus.AUTH_FAILURE,
-                                       f"CHAP required, initiator offered {offered}")
+                    raise LoginFailure(
+                        LoginStatus.AUTH_FAILURE, f"CHAP required, initiator offered {offered}"
+                    )
                 self._auth_method = "CHAP"
             else:
                 if "None" not in offered:
-                    raise LoginFailure(LoginStatus.AUTH_FAILURE,
-                                       f"no common AuthMethod in {offered}")
+                    raise LoginFailure(
+                        LoginStatus.AUTH_FAILURE, f"no common AuthMethod in {offered}"
+                    )
                 self._auth_method = "None"
             answer.append(("AuthMethod", self._auth_method))
             return config is None
@@ -241,8 +258,9 @@ class LoginMachine:
                 assert self._chap is not None
                 answer += self._chap.verify(keys)
                 self._chap_state = "done"
-                log.info("event=chap_ok initiator=%s peer=%s", self.initiator_name,
-                         self.peer_address)
+                log.info(
+                    "event=chap_ok initiator=%s peer=%s", self.initiator_name, self.peer_address
+                )
                 return True
         except ChapError as e:
             raise LoginFailure(LoginStatus.AUTH_FAILURE, str(e)) from e
@@ -282,13 +300,15 @@ class LoginMachine:
             self._declared = True
         return out
 
-    def _response(self, pdu: Pdu, status: LoginStatus, transit: bool, csg: int, nsg: int,
-                  data: bytes) -> bytes:
+    def _response(
+        self, pdu: Pdu, status: LoginStatus, transit: bool, csg: int, nsg: int, data: bytes
+    ) -> bytes:
         flags = (0x80 if transit else 0) | (csg << 2) | (nsg if transit else 0)
         tsih = self.tsih if status == LoginStatus.SUCCESS else 0
         exp = self.cmdsn
-        rest = struct.pack(">IIIIBBH8x", 0, self.statsn, exp, exp + CMD_WINDOW - 1,
-                           status >> 8, status & 0xFF, 0)
+        rest = struct.pack(
+            ">IIIIBBH8x", 0, self.statsn, exp, exp + CMD_WINDOW - 1, status >> 8, status & 0xFF, 0
+        )
         isid_tsih = (self.isid or bytes(pdu.bhs[8:14])) + struct.pack(">H", tsih)
         bhs = build_bhs(Op.LOGIN_RSP, flags, 0, 0, len(data), isid_tsih, pdu.itt, rest)
         return bhs + data + bytes((-len(data)) & 3)

@@ -58,14 +58,16 @@ KEYS: dict[str, KeySpec] = {
     "MaxConnections": KeySpec("max_connections", Rule.MIN, 1, 1, 65535),
     "InitialR2T": KeySpec("initial_r2t", Rule.OR, False),
     "ImmediateData": KeySpec("immediate_data", Rule.AND, True),
-    "MaxRecvDataSegmentLength": KeySpec("max_recv_dsl_initiator", Rule.DECLARE, None, 512,
-                                        16777215),
+    "MaxRecvDataSegmentLength": KeySpec(
+        "max_recv_dsl_initiator", Rule.DECLARE, None, 512, 16777215
+    ),
     "MaxBurstLength": KeySpec("max_burst", Rule.MIN, TARGET_MAX_BURST, 512, 16777215),
     "FirstBurstLength": KeySpec("first_burst", Rule.MIN, TARGET_FIRST_BURST, 512, 16777215),
     "DefaultTime2Wait": KeySpec("default_time2wait", Rule.MAX, 2, 0, 3600),
     "DefaultTime2Retain": KeySpec("default_time2retain", Rule.MIN, 20, 0, 3600),
-    "MaxOutstandingR2T": KeySpec("max_outstanding_r2t", Rule.MIN, TARGET_MAX_OUTSTANDING_R2T,
-                                 1, 65535),
+    "MaxOutstandingR2T": KeySpec(
+        "max_outstanding_r2t", Rule.MIN, TARGET_MAX_OUTSTANDING_R2T, 1, 65535
+    ),
     "DataPDUInOrder": KeySpec("data_pdu_in_order", Rule.OR, True),
     "DataSequenceInOrder": KeySpec("data_sequence_in_order", Rule.OR, True),
     "ErrorRecoveryLevel": KeySpec("error_recovery_level", Rule.MIN, 0, 0, 2),
@@ -100,8 +102,11 @@ def negotiate_key(params: SessionParams, key: str, value: str) -> str | None:
             return "Reject"
         if spec.rule in (Rule.AND, Rule.OR):
             theirs = _bool(value)
-            result = (theirs and bool(spec.ours)) if spec.rule is Rule.AND else (
-                theirs or bool(spec.ours))
+            result = (
+                (theirs and bool(spec.ours))
+                if spec.rule is Rule.AND
+                else (theirs or bool(spec.ours))
+            )
             setattr(params, spec.attr, result)
             return "Yes" if result else "No"
         number = parse_number(value)

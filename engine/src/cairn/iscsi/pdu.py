@@ -42,8 +42,16 @@ class Op(IntEnum):
 
 
 INITIATOR_OPCODES = frozenset(
-    {Op.NOP_OUT, Op.SCSI_CMD, Op.TASK_MGMT_REQ, Op.LOGIN_REQ, Op.TEXT_REQ, Op.DATA_OUT,
-     Op.LOGOUT_REQ, Op.SNACK_REQ}
+    {
+        Op.NOP_OUT,
+        Op.SCSI_CMD,
+        Op.TASK_MGMT_REQ,
+        Op.LOGIN_REQ,
+        Op.TEXT_REQ,
+        Op.DATA_OUT,
+        Op.LOGOUT_REQ,
+        Op.SNACK_REQ,
+    }
 )
 
 
@@ -182,8 +190,12 @@ def build_bhs(
     return _HDR.pack(opcode, flags, b2, b3, 0, dsl.to_bytes(3, "big"), lun_or_isid, itt, rest)
 
 
-def frame(bhs: bytes, data: bytes | memoryview = b"", header_digest: bool = False,
-          data_digest: bool = False) -> list[bytes | memoryview]:
+def frame(
+    bhs: bytes,
+    data: bytes | memoryview = b"",
+    header_digest: bool = False,
+    data_digest: bool = False,
+) -> list[bytes | memoryview]:
     """The buffers of one PDU on the wire (BHS with the DSL already set)."""
     parts: list[bytes | memoryview] = [bhs]
     if header_digest:

@@ -60,8 +60,11 @@ class SessionTable:
         (session reinstatement, RFC 7143 6.3.5)."""
         if record.target_iqn is not None:
             for old in list(self.by_tsih.values()):
-                if (old.initiator_name == record.initiator_name and old.isid == record.isid
-                        and old.target_iqn == record.target_iqn):
+                if (
+                    old.initiator_name == record.initiator_name
+                    and old.isid == record.isid
+                    and old.target_iqn == record.target_iqn
+                ):
                     self.remove(old)
                     old.close("session reinstated by a new login")
         self.by_tsih[record.tsih] = record

@@ -32,7 +32,8 @@ class Acl:
             except ValueError as e:
                 raise ValueError(
                     f"ACL entry {entry!r} is neither an initiator name (iqn., eui., naa.) "
-                    "nor an address or network (CIDR)") from e
+                    "nor an address or network (CIDR)"
+                ) from e
         return cls(frozenset(iqns), tuple(nets))
 
     def admits(self, initiator: str, address: str | None) -> bool:
@@ -86,8 +87,9 @@ class StaticDirectory:
         return list(self.specs.values())
 
 
-def send_targets(directory: TargetDirectory, initiator: str, address: str | None,
-                 which: str) -> list[tuple[str, str]]:
+def send_targets(
+    directory: TargetDirectory, initiator: str, address: str | None, which: str
+) -> list[tuple[str, str]]:
     """The answer to ``SendTargets=All`` (or a name): only targets the initiator may use."""
     out: list[tuple[str, str]] = []
     for spec in directory.targets():

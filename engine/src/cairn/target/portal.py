@@ -34,9 +34,13 @@ _ZEROS = memoryview(bytes(1 << 20))
 class Portal:
     """All connections of one listening address."""
 
-    def __init__(self, directory: TargetDirectory,
-                 backend_for: Callable[[TargetSpec], ScsiBackend],
-                 nop_interval: float = 5.0, nop_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        directory: TargetDirectory,
+        backend_for: Callable[[TargetSpec], ScsiBackend],
+        nop_interval: float = 5.0,
+        nop_timeout: float = 30.0,
+    ) -> None:
         self.directory = directory
         self.backend_for = backend_for
         self.sessions = SessionTable()
@@ -48,8 +52,9 @@ class Portal:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: IscsiProtocol(self), host, port,
-                                                reuse_address=True, backlog=128)
+        self._server = await loop.create_server(
+            lambda: IscsiProtocol(self), host, port, reuse_address=True, backlog=128
+        )
         self._ticker = loop.call_later(1.0, self._tick)
 
     def _tick(self) -> None:
@@ -91,8 +96,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they behave like one
+        self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         try:
@@ -102,22 +107,28 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         # our own descriptor for the socket: we write with sendmsg/sendfile ourselves so
         # that read payloads go from the page cache to the socket without a copy
         self.fd = os.dup(sock.fileno())
-        self.conn = Connection(self.portal.directory, self.portal.sessions,
-                               self.portal.backend_for, peer[0] if peer else None,
-                               self.portal.nop_interval, self.portal.nop_timeout)
+        self.conn = Connection(
+            self.portal.directory,
+            self.portal.sessions,
+            self.portal.backend_for,
+            peer[0] if peer else None,
+            self.portal.nop_interval,
+            self.portal.nop_timeout,
+        )
         self.conn.on_cold_reset = lambda: asyncio.get_running_loop().call_soon(
-            self.portal.cold_reset)
+            self.portal.cold_reset
+        )
         self.portal.connections.add(self)
         log.debug("event=connect peer=%s", peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self.buf) - self.end < RECV_RESERVE:
             self._compact()
-        return self.view[self.end:]
+        return self.view[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
-        used = self.conn.feed(self.view[self.start:self.end])
+        used = self.conn.feed(self.view[self.start : self.end])
         self.start += used
         if self.start == self.end:
             self.start = self.end = 0
@@ -142,7 +153,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     def _compact(self) -> None:
         k = self.end - self.start
         if self.start:
-            self.buf[0:k] = bytes(self.view[self.start:self.end])
+            self.buf[0:k] = bytes(self.view[self.start : self.end])
         self.start, self.end = 0, k
 
     def tick(self, elapsed: float) -> None:
@@ -274,7 +285,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     def _wait_writable(self) -> None:
         self.pending_bytes = sum(
-            it.length if type(it) is Extent else len(it) for it in self.pending)
+            it.length if type(it) is Extent else len(it) for it in self.pending
+        )
         if not self.writing:
             self.writing = True
             asyncio.get_event_loop().add_writer(self.fd, self._drain)

@@ -49,8 +49,9 @@ def naa_from_uuid(u: uuidlib.UUID) -> bytes:
 def validate_iqn(iqn: str) -> str:
     iqn = iqn.strip().lower()
     if not iqn.startswith(("iqn.", "eui.", "naa.")) or len(iqn) > 223 or " " in iqn:
-        raise ServeError(f"target name {iqn!r} must be an iqn./eui./naa. name of at most 223 "
-                         "characters")
+        raise ServeError(
+            f"target name {iqn!r} must be an iqn./eui./naa. name of at most 223 characters"
+        )
     return iqn
 
 
@@ -62,8 +63,11 @@ def open_device(opts: ServeOptions):  # type: ignore[no-untyped-def]
 
     if opts.store == "null":
         store = NullStore(opts.size, opts.block_size)
-        return LocalVolume(store, SeqAllocator.in_memory()), store, uuidlib.uuid5(
-            uuidlib.NAMESPACE_URL, f"cairn-null:{opts.volume}")
+        return (
+            LocalVolume(store, SeqAllocator.in_memory()),
+            store,
+            uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"cairn-null:{opts.volume}"),
+        )
     try:
         pool = EmbeddedPool(opts.data)
         store = pool.open_or_create(opts.volume, opts.size, opts.block_size)
@@ -91,8 +95,7 @@ async def run(opts: ServeOptions) -> int:
         raise ServeError(str(e)) from e
 
     device, store, vol_uuid = open_device(opts)
-    lu = LogicalUnit(device, serial=vol_uuid.hex[:16], naa=naa_from_uuid(vol_uuid),
-                     thin=True)
+    lu = LogicalUnit(device, serial=vol_uuid.hex[:16], naa=naa_from_uuid(vol_uuid), thin=True)
     scsi = ScsiTarget({0: lu})
     spec = TargetSpec(iqn=iqn, chap=chap, acl=acl, alias=opts.volume)
     directory = StaticDirectory(portal=f"{host}:{port}", specs={iqn: spec}, discovery_chap=chap)
@@ -107,11 +110,19 @@ async def run(opts: ServeOptions) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("event=serving volume=%s iqn=%s portal=%s:%d size=%d block_size=%d store=%s "
-             "chap=%s acl_entries=%d", opts.volume, iqn, host, port,
-             device.num_blocks * device.block_size, device.block_size, opts.store,
-             "mutual" if chap and chap.mutual else ("one-way" if chap else "none"),
-             len(opts.allow_initiator))
+    log.info(
+        "event=serving volume=%s iqn=%s portal=%s:%d size=%d block_size=%d store=%s "
+        "chap=%s acl_entries=%d",
+        opts.volume,
+        iqn,
+        host,
+        port,
+        device.num_blocks * device.block_size,
+        device.block_size,
+        opts.store,
+        "mutual" if chap and chap.mutual else ("one-way" if chap else "none"),
+        len(opts.allow_initiator),
+    )
     url_host = f"[{host}]" if ":" in host else host
     print(f"iscsi://{url_host}:{port}/{iqn}/0", flush=True)
     await stop.wait()

@@ -1,0 +1,31 @@
+"""The types the iSCSI layer exchanges with the SCSI layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..blockdev import Extent
+
+
+@dataclass(frozen=True, slots=True)
+class Nexus:
+    """An I_T nexus: one initiator port (iSCSI name + ISID) talking to one target port."""
+
+    initiator_port: str
+    target_port: str
+    relative_target_port: int = 1
+
+
+@dataclass(slots=True)
+class ScsiResult:
+    """What a command produced.
+
+    ``data`` is the data-in: bytes, a memoryview, or for READ a list of
+    ``blockdev.Extent`` to send without copying.  ``flush`` asks the caller to run
+    ``device.flush()`` (in a thread) before it sends the status.
+    """
+
+    status: int
+    sense: bytes = b""
+    data: bytes | memoryview | list[Extent] | None = None
+    flush: bool = False
