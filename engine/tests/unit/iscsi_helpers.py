@@ -61,6 +61,15 @@ class FakeBackend:
             return struct.unpack_from(">H", cdb, 7)[0] * 512
         return 0 if cdb[0] in (0x28, 0x35, 0x00) else None
 
+    def fit_to_transfer(self, lun: int, cdb: bytes, edtl: int) -> Any:
+        from cairn.scsi.sbc import fit_to_transfer
+
+        fitted = fit_to_transfer(cdb, edtl, 512)
+        if isinstance(fitted, bytes):
+            return fitted
+        sense = bytes((0x70, 0, fitted.key, 0, 0, 0, 0, 10, 0, 0, 0, 0, *fitted.asc, 0, 0, 0, 0))
+        return Result(status=2, sense=sense)
+
     def nexus_added(self, nexus: Any) -> None:
         self.nexuses.append(nexus)
 

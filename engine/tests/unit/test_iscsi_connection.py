@@ -106,15 +106,53 @@ def test_write_with_r2t_and_unsolicited_data():
     assert backend.blocks[:6144] == payload
 
 
-def test_write_edtl_mismatch_is_invalid_field_in_iu_with_residual():
+def test_data_out_out_of_sequence_fails_the_task_not_the_connection():
+    conn, backend = logged_in([("InitialR2T", "No"), ("ImmediateData", "No")])
+    backend.blocks[:1024] = b"a" * 1024
+    feed(conn, scsi_cmd(write10(0, 2), 5, 1, edtl=1024, write=True, final=False))
+    feed(conn, data_out(5, 0xFFFFFFFF, 1, 0, b"b" * 512, final=False))  # DataSN 1, not 0
+    (r,) = feed(conn, data_out(5, 0xFFFFFFFF, 0, 512, b"b" * 512))
+    assert r.opcode == Op.SCSI_RSP and r.bhs[3] == 2  # CHECK CONDITION
+    sense = r.data[2:]
+    assert sense[2] & 0x0F == 0x0B and sense[12:14] == b"\x47\x05"
+    assert backend.blocks[:1024] == b"a" * 1024 and not conn.closing
+    # the connection still works
+    assert feed(conn, scsi_cmd(write10(0, 1), 6, 2, edtl=512, write=True, final=False)) == []
+    (r,) = feed(conn, data_out(6, 0xFFFFFFFF, 0, 0, b"c" * 512))
+    assert r.opcode == Op.SCSI_RSP and r.bhs[3] == 0
+    assert backend.blocks[:1024] == b"c" * 512 + b"a" * 512
+
+
+def test_write_edtl_mismatch_transfers_the_smaller_length_with_residual():
     conn, backend = logged_in()
+    backend.blocks[:1024] = b"a" * 1024
+    # no data at all for a one-block write: nothing written, GOOD, overflow of one block
     (r,) = feed(conn, scsi_cmd(write10(0, 1), 6, 1, edtl=0))
-    assert r.bhs[3] == 2 and r.bhs[1] & 0x04 and r.u32(44) == 512
+    assert r.bhs[3] == 0 and r.bhs[1] & 0x04 and r.u32(44) == 512
+    assert backend.blocks[:1024] == b"a" * 1024
+    # two blocks of data for a one-block write: one block written, underflow of one block
+    (r,) = feed(conn, scsi_cmd(write10(0, 1), 7, 2, edtl=1024, write=True, data=b"b" * 1024))
+    assert r.bhs[3] == 0 and r.bhs[1] & 0x02 and r.u32(44) == 512
+    assert backend.blocks[:1024] == b"b" * 512 + b"a" * 512
+    # one block of data for a two-block write: only the block that arrived is written
+    (r,) = feed(conn, scsi_cmd(write10(0, 2), 8, 3, edtl=512, write=True, data=b"c" * 512))
+    assert r.bhs[3] == 0 and r.bhs[1] & 0x04 and r.u32(44) == 512
+    assert backend.blocks[:1024] == b"c" * 512 + b"a" * 512
+
+
+def test_write_edtl_partial_block_is_invalid_field_in_iu_with_residual():
+    conn, backend = logged_in()
+    (r,) = feed(conn, scsi_cmd(write10(0, 1), 6, 1, edtl=200, write=True, data=bytes(200)))
+    assert r.bhs[3] == 2 and r.bhs[1] & 0x04 and r.u32(44) == 312
     sense = r.data[2:]
     assert sense[2] & 0x0F == 5 and sense[12:14] == b"\x0e\x03"
-    (r,) = feed(conn, scsi_cmd(write10(0, 1), 7, 2, edtl=1024, write=True, data=bytes(1024)))
-    assert r.bhs[1] & 0x02 and r.u32(44) == 512
     assert backend.calls == []  # nothing was written
+
+
+def test_read_flagged_as_write_runs_without_data_in():
+    conn, backend = logged_in()
+    (r,) = feed(conn, scsi_cmd(read10(0, 1), 6, 1, edtl=512, write=True, data=bytes(512)))
+    assert r.opcode == Op.SCSI_RSP and r.bhs[3] == 0 and r.bhs[1] & 0x04
 
 
 def test_fua_write_and_sync_cache_wait_for_flush():

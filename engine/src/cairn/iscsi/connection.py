@@ -39,8 +39,9 @@ _NO_LUN = bytes(8)
 STATUS_GOOD = 0x00
 STATUS_CHECK_CONDITION = 0x02
 
-# ILLEGAL REQUEST, INVALID FIELD IN COMMAND INFORMATION UNIT (for EDTL mismatches)
-_SENSE_INVALID_IU = bytes((0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x0E, 0x03, 0, 0, 0, 0))
+# ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (RFC 7143 11.4.7.2): a task whose Data-Out
+# arrived out of sequence, which at ErrorRecoveryLevel 0 is handled as a digest error.
+_SENSE_DATA_SEQUENCE = bytes((0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0))
 
 
 def _serial_lt(a: int, b: int) -> bool:
@@ -64,6 +65,7 @@ class _Write:
     unsol_datasn: int
     spdtl: int | None
     read: bool  # R bit also set (a bidirectional or mis-flagged command)
+    out_of_sequence: bool = False  # a Data-Out came with the wrong DataSN
 
 
 @dataclass(eq=False, slots=True)
@@ -349,7 +351,7 @@ class Connection:
                 return
             spdtl = backend.data_out_length(lun, cdb) if not read else None
             if spdtl:  # the CDB wants data the initiator will not send
-                self._finish(lun, itt, lun_raw, None, edtl, read, spdtl)
+                self._execute_write(lun, itt, lun_raw, cdb, memoryview(b""), 0, read, spdtl)
                 return
             self._finish(
                 lun, itt, lun_raw, backend.execute(lun, cdb, None, self.nexus), edtl, read, None
@@ -414,21 +416,21 @@ class Connection:
             return
         n = len(data)
         if ttt == RESERVED:
-            if offset + n > w.unsolicited_end or datasn != w.unsol_datasn:
+            if offset + n > w.unsolicited_end:
                 self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
-                self._close("unsolicited data out of order or beyond FirstBurstLength")
+                self._close("unsolicited data beyond FirstBurstLength")
                 return
+            if datasn != w.unsol_datasn:
+                w.out_of_sequence = True
             w.unsol_datasn += 1
         else:
             r2t = w.outstanding.get(ttt)
-            if (
-                r2t is None
-                or datasn != r2t[3]
-                or not (r2t[0] <= offset and offset + n <= r2t[0] + r2t[1])
-            ):
+            if r2t is None or not (r2t[0] <= offset and offset + n <= r2t[0] + r2t[1]):
                 self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
-                self._close("Data-Out does not match its R2T (offset, length or DataSN)")
+                self._close("Data-Out does not match its R2T (transfer tag, offset or length)")
                 return
+            if datasn != r2t[3]:
+                w.out_of_sequence = True
             r2t[3] += 1
             r2t[2] += n
             if r2t[2] >= r2t[1]:
@@ -438,6 +440,13 @@ class Connection:
         self.stats["write_bytes"] += n
         if w.got >= w.edtl and not w.outstanding:
             del self._writes[itt]
+            if w.out_of_sequence:
+                # RFC 7143 7.9/7.8: a DataSN out of order is handled as a data digest
+                # error; at ErrorRecoveryLevel 0 the task ends with CHECK CONDITION once
+                # all its data has arrived, and the connection carries on.
+                log.warning("event=data_out_sequence_error peer=%s itt=0x%08x", self.peer, itt)
+                self._scsi_response(itt, STATUS_CHECK_CONDITION, _SENSE_DATA_SEQUENCE, 0x80, 0)
+                return
             self._execute_write(
                 w.lun, itt, w.lun_raw, w.cdb, memoryview(w.buf), w.edtl, w.read, w.spdtl
             )
@@ -455,11 +464,19 @@ class Connection:
         read: bool,
         spdtl: int | None,
     ) -> None:
+        backend = self.backend
+        assert backend is not None
         if spdtl is not None and spdtl != edtl:
-            self._finish(lun, itt, lun_raw, None, edtl, read, spdtl)
-            return
-        assert self.backend is not None
-        result = self.backend.execute(lun, cdb, data, self.nexus)
+            # The transfer stops at the smaller of the two lengths: the SCSI layer says
+            # what to run (a shortened CDB) or how the command ends; the residual is
+            # reported either way.
+            fitted = backend.fit_to_transfer(lun, cdb, edtl)
+            if not isinstance(fitted, bytes):
+                self._finish(lun, itt, lun_raw, fitted, edtl, read, spdtl)
+                return
+            cdb = fitted
+            data = data[: min(edtl, spdtl)] if spdtl else None  # type: ignore[assignment]
+        result = backend.execute(lun, cdb, data, self.nexus)
         self._finish(lun, itt, lun_raw, result, edtl, read, spdtl)
 
     def _finish(
@@ -496,13 +513,6 @@ class Connection:
         self, itt: int, lun_raw: bytes, result: Any, edtl: int, read: bool, spdtl: int | None
     ) -> None:
         """Send data-in (phase-collapsed when possible) and the status of a command."""
-        if result is None:  # EDTL does not match what the CDB transfers
-            assert spdtl is not None
-            flags = 0x80 | (0x04 if spdtl > edtl else 0x02)
-            self._scsi_response(
-                itt, STATUS_CHECK_CONDITION, _SENSE_INVALID_IU, flags, abs(spdtl - edtl)
-            )
-            return
         status = result.status
         data = result.data
         flags = 0x80

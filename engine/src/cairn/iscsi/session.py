@@ -23,6 +23,11 @@ class ScsiBackend(Protocol):
 
     def target_reset(self, nexus: Any) -> None: ...
 
+    def fit_to_transfer(self, lun: int, cdb: bytes, edtl: int) -> Any:
+        """The CDB to run when ``edtl`` differs from what the CDB transfers (bytes), or
+        the result that ends the command instead."""
+        ...
+
     def has_lun(self, lun: int) -> bool: ...
 
     def flush(self, lun: int) -> None:

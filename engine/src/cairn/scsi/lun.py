@@ -39,7 +39,7 @@ from .constants import (
 from .mode import ModePages
 from .opcodes import ALL_COMMANDS, THIN_ONLY, CommandInfo, report_supported_opcodes
 from .reservations import ACCESS_ANY, ACCESS_READ, ACCESS_WRITE, Reservations
-from .sbc import BlockCommands, DataOut, data_out_length
+from .sbc import BlockCommands, DataOut, data_out_length, fit_to_transfer
 from .sense import (
     ReservationConflict,
     ScsiError,
@@ -249,6 +249,18 @@ class LogicalUnit(BlockCommands):
         if not cdb or cdb[0] not in self._dispatch:
             return None
         return data_out_length(cdb, self.block_size)
+
+    def fit_to_transfer(self, cdb: bytes, edtl: int) -> bytes | ScsiResult:
+        """The CDB to run when the initiator transfers ``edtl`` bytes of data-out but
+        the CDB asks for another amount, or the CHECK CONDITION that ends the command
+        (see ``sbc.fit_to_transfer``)."""
+        fitted = fit_to_transfer(cdb, edtl, self.block_size)
+        if isinstance(fitted, bytes):
+            return fitted
+        return ScsiResult(
+            CHECK_CONDITION,
+            build_sense(fitted.key, fitted.asc, descriptor=self._d_sense, sks=fitted.sks),
+        )
 
     @staticmethod
     def _dynamic_access(cdb: bytes) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from ..blockdev import BlockDevice, Buffer
 from .common import Nexus, ScsiResult
 from .constants import (
+    INVALID_FIELD_IN_INFORMATION_UNIT,
     MISCOMPARE_DURING_VERIFY,
     Asc,
     SenseKey,
@@ -439,6 +440,45 @@ def _data_out_length(cdb: bytes, bs: int) -> int | None:
         return int(spec(cdb, bs))
     except (IndexError, struct.error):
         return 0
+
+
+# Commands whose data-out is ``transfer length x block size`` of data to write, and
+# where the transfer length field sits: (struct format, byte offset).
+_TRUNCATABLE: dict[int, tuple[str, int]] = {
+    0x2A: (">H", 7),  # WRITE 10
+    0xAA: (">I", 6),  # WRITE 12
+    0x8A: (">I", 10),  # WRITE 16
+    0x2E: (">H", 7),  # WRITE AND VERIFY 10
+    0xAE: (">I", 6),  # WRITE AND VERIFY 12
+    0x8E: (">I", 10),  # WRITE AND VERIFY 16
+}
+
+
+def fit_to_transfer(cdb: bytes, edtl: int, bs: int) -> bytes | ScsiError:
+    """What to run when the initiator's expected data transfer length (``edtl``) is not
+    what the CDB transfers.
+
+    As SAM-5 puts it, a transfer stops at the smaller of the two: a WRITE whose data
+    ends early writes the whole blocks that arrived (the CDB is returned with its
+    transfer length cut down), and one with surplus data writes what the CDB asks for.
+    A command that takes no data-out runs as is (the data is ignored).  Everything else
+    (a partial block, COMPARE AND WRITE, parameter lists) is refused with the error
+    returned; the caller reports the residual either way.
+    """
+    spdtl = _data_out_length(cdb, bs) or 0
+    op = cdb[0]
+    if op == 0x89:  # the NUMBER OF LOGICAL BLOCKS field disagrees with the data
+        return invalid_cdb(13)
+    if spdtl == 0:
+        return cdb
+    where = _TRUNCATABLE.get(op)
+    length = min(edtl, spdtl)
+    if where is None or length % bs:
+        return ScsiError(SenseKey.ILLEGAL_REQUEST, INVALID_FIELD_IN_INFORMATION_UNIT)
+    fmt, off = where
+    out = bytearray(cdb)
+    struct.pack_into(fmt, out, off, length // bs)
+    return bytes(out)
 
 
 def _ws_len(cdb: bytes, bs: int) -> int:

@@ -103,6 +103,18 @@ class ScsiTarget:
         except Exception:
             return None
 
+    def fit_to_transfer(self, lun: int, cdb: bytes, edtl: int) -> bytes | ScsiResult:
+        """The CDB to run with ``edtl`` bytes of data-out when that is not what the CDB
+        transfers, or the result that ends the command."""
+        unit = self.luns.get(lun)
+        if unit is None:
+            return _check(SenseKey.ILLEGAL_REQUEST, LOGICAL_UNIT_NOT_SUPPORTED)
+        try:
+            return unit.fit_to_transfer(cdb, edtl)
+        except Exception:
+            log.exception("event=scsi_fit_failed lun=%s", lun)
+            return _check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
+
     def has_lun(self, lun: int) -> bool:
         return lun in self.luns
 
