@@ -416,12 +416,18 @@ class TgtTarget(Target):
 
     tgt keeps LUN 0 for its controller, so the disk is LUN 1.  Volume semantics the
     Cairn daemon has (create, reopen, grow, refuse to shrink) are emulated on the backing
-    file so that the same tests run unchanged.  The control port (tgtd's ``-C``) is the
-    iSCSI port, which keeps concurrent instances apart."""
+    file so that the same tests run unchanged.  The control port (tgtd's ``-C``) is
+    derived from the iSCSI port, which keeps concurrent instances apart."""
 
     kind = "tgt"
     lun: int = 1
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def control(self) -> int:
+        """tgtd's control port (``-C``), which names its admin socket: derived from the
+        iSCSI port, since tgtd takes only 0-32767 there."""
+        return self.port & 0x7FFF
 
     @property
     def backing_file(self) -> Path:
@@ -436,7 +442,7 @@ class TgtTarget(Target):
         return self.proc.pid if self.proc else None
 
     def tgtadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = ["tgtadm", "-C", str(self.port), "--lld", "iscsi", *args]
+        cmd = ["tgtadm", "-C", str(self.control), "--lld", "iscsi", *args]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         if check and done.returncode != 0:
             raise TargetStartError(
@@ -466,11 +472,11 @@ class TgtTarget(Target):
         self.starts += 1
         log = self.stderr_path
         self.logs.append(log)
-        for stale in Path("/var/run/tgtd").glob(f"socket.{self.port}*"):
+        for stale in Path("/var/run/tgtd").glob(f"socket.{self.control}*"):
             stale.unlink(missing_ok=True)
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
-                ["tgtd", "-f", "-C", str(self.port), "--iscsi", f"portal={self.portal}"],
+                ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={self.portal}"],
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
@@ -523,7 +529,7 @@ class TgtTarget(Target):
                     "--mode", "target", "--op", "delete", "--force", "--tid", "1", check=False
                 )
                 subprocess.run(
-                    ["tgtadm", "-C", str(self.port), "--mode", "system", "--op", "delete"],
+                    ["tgtadm", "-C", str(self.control), "--mode", "system", "--op", "delete"],
                     capture_output=True,
                     timeout=30,
                 )

@@ -355,6 +355,7 @@ def test_registrations_survive_nexus_loss_and_reset(rig: Rig) -> None:
     assert prout(rig, A, RESERVE, 0x5, ptype=WE).status == Status.GOOD
     rig.target.nexus_lost(A)
     rig.target.lun_reset(0, B)
+    expect_check(rig.run(tur(), nexus=B), SenseKey.UNIT_ATTENTION, 0x29, 0x03)
     assert read_keys(rig, B)[1] == [0x5]
     assert read_reservation(rig, B) == (0x5, WE)
     assert rig.run(write10(0, 1), BLOCK, nexus=B).status == CONFLICT

@@ -69,11 +69,11 @@ def test_request_sense_reports_and_clears_unit_attention() -> None:
     assert rig.good(bytes((0x03, 0, 0, 0, 4, 0))) == bytes((0x70, 0, 0, 0))
 
 
-def test_lun_reset_unit_attention_for_other_nexuses(rig: Rig) -> None:
+def test_lun_reset_unit_attention_for_every_nexus(rig: Rig) -> None:
     rig.target.lun_reset(0, NEXUS_A)
-    assert rig.run(tur(), nexus=NEXUS_A).status == Status.GOOD
-    expect_check(rig.run(tur(), nexus=NEXUS_B), UA, 0x29, 0x03)
-    assert rig.run(tur(), nexus=NEXUS_B).status == Status.GOOD
+    for nexus in (NEXUS_A, NEXUS_B):
+        expect_check(rig.run(tur(), nexus=nexus), UA, 0x29, 0x03)
+        assert rig.run(tur(), nexus=nexus).status == Status.GOOD
     rig.target.lun_reset(7, NEXUS_A)  # no such LUN: nothing happens
 
 

@@ -291,13 +291,16 @@ class LogicalUnit(BlockCommands):
         self.reservations.nexus_lost(nexus)
 
     def reset(self, issuer: Nexus | None, *, target_reset: bool = False) -> None:
-        """LOGICAL UNIT RESET (or the part of a target reset that concerns this unit)."""
+        """LOGICAL UNIT RESET (or the part of a target reset that concerns this unit).
+
+        Every I_T nexus, the issuer's included, gets the unit attention (SAM-5: the
+        condition is established for the initiator port of every I_T nexus), so each
+        path of a multipath initiator learns that reservations and state were reset."""
         self.reservations.reset()
         self._prevent.clear()
         asc = POWER_ON_RESET_OCCURRED if target_reset else BUS_DEVICE_RESET_OCCURRED
         for nexus in self._nexuses:
-            if target_reset or nexus != issuer:
-                self._set_ua(nexus, asc, replace=True)
+            self._set_ua(nexus, asc, replace=True)
 
     def capacity_changed(self) -> None:
         """The device grew (or shrank): refresh and tell every initiator."""
