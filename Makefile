@@ -17,7 +17,8 @@ integration:
 	$(PY) -m pytest engine/tests -m integration -q
 
 lint:
-	$(VENV)/bin/ruff check engine
+	$(VENV)/bin/ruff check engine bench
+	$(VENV)/bin/ruff format --check engine bench
 	$(VENV)/bin/mypy engine/src/cairn
 
 bench:

@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== lint"
+echo "== lint (ruff, mypy)"
 ruff check engine bench
+ruff format --check engine bench
+mypy engine/src/cairn
 echo "== unit tests"
 python -m pytest engine/tests -m "not integration" -q -p no:cacheprovider
 echo "== integration tests (real clients: libiscsi, QEMU, ext4)"

@@ -26,6 +26,17 @@ class SeqSource(Protocol):
         ...
 
 
+class MemorySeqSource:
+    """Sequence numbers kept only in memory: for stores that keep nothing (benchmarks)."""
+
+    def __init__(self, floor: int = 0) -> None:
+        self._last = floor
+
+    def next(self) -> int:
+        self._last += 1
+        return self._last
+
+
 class SeqAllocator:
     """Sequence numbers that keep increasing across restarts, even after SIGKILL or a
     power loss.

@@ -10,7 +10,7 @@ class TextError(Exception):
     """Malformed key=value text: a protocol error."""
 
 
-def parse_text(data: bytes | memoryview) -> list[tuple[str, str]]:
+def parse_text(data: bytes | bytearray | memoryview) -> list[tuple[str, str]]:
     """Split a data segment into (key, value) pairs, in order.
 
     Raises ``TextError`` for a pair without ``=``, an empty or over-long key, bytes that

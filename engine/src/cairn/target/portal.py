@@ -115,9 +115,11 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self.portal.nop_interval,
             self.portal.nop_timeout,
         )
-        self.conn.on_cold_reset = lambda: asyncio.get_running_loop().call_soon(
-            self.portal.cold_reset
-        )
+
+        def cold_reset() -> None:
+            asyncio.get_running_loop().call_soon(self.portal.cold_reset)
+
+        self.conn.on_cold_reset = cold_reset
         self.portal.connections.add(self)
         log.debug("event=connect peer=%s", peer)
 

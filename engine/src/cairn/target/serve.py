@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cairn.iscsi.chap import ChapConfig, load_chap_file
 from cairn.iscsi.targets import Acl, StaticDirectory, TargetSpec
+from cairn.volume import LocalVolume
 
 log = logging.getLogger("cairn.target")
 
@@ -55,26 +56,23 @@ def validate_iqn(iqn: str) -> str:
     return iqn
 
 
-def open_device(opts: ServeOptions):  # type: ignore[no-untyped-def]
-    """The block device the volume's LUN serves, and what to close at shutdown."""
+def open_device(opts: ServeOptions) -> tuple[LocalVolume, uuidlib.UUID]:
+    """The block device the volume's LUN serves, and the volume's UUID."""
     from cairn.blockdev import StoreError
     from cairn.store import EmbeddedPool, NullStore
-    from cairn.volume import LocalVolume, SeqAllocator
+    from cairn.volume import MemorySeqSource, SeqAllocator
 
     if opts.store == "null":
-        store = NullStore(opts.size, opts.block_size)
-        return (
-            LocalVolume(store, SeqAllocator.in_memory()),
-            store,
-            uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"cairn-null:{opts.volume}"),
-        )
+        null = NullStore(opts.size, opts.block_size)
+        null_uuid = uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"cairn-null:{opts.volume}")
+        return LocalVolume(null, MemorySeqSource()), null_uuid
     try:
         pool = EmbeddedPool(opts.data)
         store = pool.open_or_create(opts.volume, opts.size, opts.block_size)
+        seqs = SeqAllocator(opts.data / f"{opts.volume}.seq", floor=store.high_seq)
     except StoreError as e:
         raise ServeError(str(e)) from e
-    seqs = SeqAllocator(opts.data / f"{opts.volume}.seq", floor=store.high_seq)
-    return LocalVolume(store, seqs), store, uuidlib.UUID(str(store.uuid))
+    return LocalVolume(store, seqs), uuidlib.UUID(str(store.uuid))
 
 
 async def run(opts: ServeOptions) -> int:
@@ -94,7 +92,7 @@ async def run(opts: ServeOptions) -> int:
     except ValueError as e:
         raise ServeError(str(e)) from e
 
-    device, store, vol_uuid = open_device(opts)
+    device, vol_uuid = open_device(opts)
     lu = LogicalUnit(device, serial=vol_uuid.hex[:16], naa=naa_from_uuid(vol_uuid), thin=True)
     scsi = ScsiTarget({0: lu})
     spec = TargetSpec(iqn=iqn, chap=chap, acl=acl, alias=opts.volume)
@@ -103,7 +101,7 @@ async def run(opts: ServeOptions) -> int:
     try:
         await portal.start(host, port)
     except OSError as e:
-        store.close()
+        device.close()
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
     loop = asyncio.get_running_loop()
@@ -129,7 +127,7 @@ async def run(opts: ServeOptions) -> int:
     log.info("event=stopping volume=%s", opts.volume)
     await portal.stop()
     await loop.run_in_executor(None, device.flush)
-    store.close()
+    device.close()
     log.info("event=stopped volume=%s", opts.volume)
     return 0
 
@@ -140,7 +138,7 @@ def serve(opts: ServeOptions) -> int:
 
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
+        runner = asyncio.run  # type: ignore[assignment]
     try:
         return runner(run(opts))
     except ServeError as e:
