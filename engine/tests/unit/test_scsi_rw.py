@@ -256,9 +256,17 @@ def test_write_same_pattern(rig: Rig, make: Make) -> None:
 @pytest.mark.parametrize("make", [write_same10, write_same16])
 def test_write_same_unmap(rig: Rig, make: Make) -> None:
     rig.good(write16(NB - 256, 256), blocks(256, 0xFF))
-    assert rig.run(make(NB - 256, 256, 0x08), blocks(1, 0xFF)).status == Status.GOOD
+    assert rig.run(make(NB - 256, 256, 0x08), blocks(1, 0)).status == Status.GOOD
     assert rig.good(read16(NB - 256, 256)) == bytes(256 * BS)
     assert rig.device.unmaps[-1] == (NB - 256, 256)
+
+
+@pytest.mark.parametrize("make", [write_same10, write_same16])
+def test_write_same_unmap_with_a_pattern_writes_it(rig: Rig, make: Make) -> None:
+    unmaps = len(rig.device.unmaps)
+    assert rig.run(make(16, 8, 0x08), blocks(1, 0xA5)).status == Status.GOOD
+    assert rig.good(read16(16, 8)) == blocks(8, 0xA5)
+    assert len(rig.device.unmaps) == unmaps
 
 
 @pytest.mark.parametrize("make", [write_same10, write_same16])

@@ -289,9 +289,11 @@ class BlockCommands:
             if data_out is None or len(data_out) != bs:
                 raise invalid_cdb(tl_byte)
             pattern = data_out
-        if unmap:
+        if unmap and (pattern is None or not any(memoryview(pattern))):
+            # Deallocated blocks read as zeros (LBPRZ 1), which is exactly this
+            # pattern; any other pattern is written, as a read must return it.
             self.device.unmap(lba, count)
-            return ScsiResult(GOOD)
+            return ScsiResult(GOOD, flush=not self._wce)
         block = bytes(bs) if pattern is None else bytes(memoryview(pattern))
         per_chunk = max(1, min(count, _WRITE_SAME_CHUNK // bs))
         chunk = memoryview(block * per_chunk)

@@ -69,8 +69,15 @@ def reserve(fd: int, offset: int, length: int) -> None:
         return
     err = ctypes.get_errno()
     if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-        # No fallocate: write zeros where the range is still a hole.
-        write_zeros(fd, offset, length)
+        # No fallocate: write the range back with what it holds (zeros where it is a
+        # hole), which allocates it without changing a byte.
+        while length > 0:
+            chunk = os.pread(fd, min(length, len(_ZEROS)), offset)
+            if not chunk:  # beyond the end of the file: zeros, without growing it
+                return
+            written = os.pwrite(fd, chunk, offset)
+            offset += written
+            length -= written
         return
     raise OSError(err, os.strerror(err))
 

@@ -195,19 +195,21 @@ def _resolved_entries(chain: list[Layer], lba: int, n: int) -> U64Array:
 
 def _merge_range(lower: Layer, upper: Layer, lba: int, count: int) -> None:
     """Copy into ``upper`` the blocks of ``lower`` that ``upper`` does not have (or has
-    from an earlier, interrupted attempt): seq-map entries first, then data."""
+    from an earlier, interrupted attempt): data first, then seq-map entries, so that a
+    reader of ``upper`` (a clone in another process) never finds an entry whose data has
+    not been copied yet; until the entry is there it reads through to ``lower``."""
     xs = np.array(lower.entries(lba, count))
     cs = upper.entries(lba, count)
     take = (xs != 0) & ((cs == 0) | (cs == xs))
     del cs
     if not take.any():
         return
-    for s, e in _runs(take):
-        upper.reserve_map(lba + s, e - s)
-        upper.store(lba + s, xs[s:e], e - s)
     bs = lower.block_size
     for s, e in _runs(take & (xs < _TOMB)):
         copy_range(lower.data_fd, upper.data_fd, (lba + s) * bs, (e - s) * bs)
+    for s, e in _runs(take):
+        upper.reserve_map(lba + s, e - s)
+        upper.store(lba + s, xs[s:e], e - s)
 
 
 class _Reader:
