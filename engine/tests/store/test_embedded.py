@@ -314,3 +314,22 @@ def test_unclean_open_after_sigkill_reports_process_crash(harness: Harness) -> N
     vol = harness.pool.open_volume(name)
     assert vol.last_shutdown is Shutdown.PROCESS_CRASH
     os.sync()
+
+
+def test_map_reservation_without_fallocate_keeps_entries(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file system has no fallocate, reserving map space in a new process must
+    not wipe the entries an earlier process stored in that granule."""
+    from cairn.store import _fs
+
+    vol = harness.create(size_bytes=8 << 20)
+    vol.write(0, b"a" * 512 * 4, seq=5)
+    vol.flush()
+    monkeypatch.setattr(_fs, "_fallocate", lambda *args: -1)
+    monkeypatch.setattr(_fs.ctypes, "get_errno", lambda: errno.EOPNOTSUPP)
+    vol = harness.reopen(vol)
+    vol.write(8, b"b" * 512, seq=6)  # first write of this process into granule 0
+    assert vol.block_seqs(0, 4) == [5, 5, 5, 5]
+    assert vol.block_seqs(8, 1) == [6]
+    assert vol.read(0, 4) == b"a" * 512 * 4
