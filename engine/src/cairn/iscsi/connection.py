@@ -35,6 +35,7 @@ _R2T = struct.Struct(">BBBBB3s8sIIIIIIII")
 _CMD = struct.Struct(">BBBBB3s8sIIII16s")
 _DOUT = struct.Struct(">8xII4xI4xII")  # ITT, TTT, ExpStatSN, DataSN, BufferOffset (from 16)
 _NO_LUN = bytes(8)
+_ITT_EDTL_CMDSN = struct.Struct(">III")  # at offset 16 of a SCSI Command BHS
 
 STATUS_GOOD = 0x00
 STATUS_CHECK_CONDITION = 0x02
@@ -126,6 +127,7 @@ class Connection:
         self._read_extent = read_extent or _pread_extent
         self.on_cold_reset: Callable[[], None] | None = None
         self.stats = {"commands": 0, "read_bytes": 0, "write_bytes": 0}
+        self._fast: Any = None  # LUN 0's fast lane (``ScsiTarget.fast_lane``)
 
     # ------------------------------------------------------------------ framing
     def feed(self, view: memoryview) -> int:
@@ -176,7 +178,8 @@ class Connection:
             self._login(bhs, ahs, data)
             return
         if op == P.Op.SCSI_CMD:
-            self._scsi_command(bhs, ahs, data)
+            if self._fast is None or not self._fast_command(bhs, data):
+                self._scsi_command(bhs, ahs, data)
         elif op == P.Op.DATA_OUT:
             self._data_out(bhs, data)
         elif op == P.Op.NOP_OUT:
@@ -232,6 +235,9 @@ class Connection:
             )
             self.sessions.add(self.record)
             self.backend.nexus_added(self.nexus)
+            lane = getattr(self.backend, "fast_lane", None)
+            if lane is not None and not self.hd and not self.dd:
+                self._fast = lane(0)
         else:
             self.sessions.add(self.record)
         log.info(
@@ -330,6 +336,92 @@ class Connection:
         self._scsi_command_ordered(bhs, ahs, data)
         if self._queued:
             self._run_queued()
+
+    def _fast_command(self, bhs: bytes, data: memoryview) -> bool:
+        """A plain READ or WRITE (10)/(16) to LUN 0, in order, with all its data: run
+        through the unit's fast lane and answered here.  False: nothing was done and the
+        full path takes the command (it handles every case this one declines)."""
+        flags = bhs[1]
+        cdb = bhs[32:48]
+        itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(bhs, 16)
+        if (
+            bhs[0] & 0x40
+            or bhs[4]
+            or bhs[8:16] != _NO_LUN
+            or cmdsn != self.exp_cmdsn
+            or self._queued
+            or itt in self._writes
+        ):
+            return False
+        rw = flags & 0xE0
+        if rw == 0xC0 and not data:  # F and R
+            extents = self._fast.fast_read(cdb, edtl, self.nexus)
+            if extents is None:
+                return False
+            self.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+            stats = self.stats
+            stats["commands"] += 1
+            stats["read_bytes"] += edtl
+            p = self.params
+            if edtl <= p.max_recv_dsl_initiator and edtl <= p.max_burst:
+                statsn = self.statsn
+                self.statsn = (statsn + 1) & 0xFFFFFFFF
+                out = self.out
+                out.append(
+                    _DATA_IN.pack(
+                        P.Op.DATA_IN,
+                        0x81,
+                        0,
+                        STATUS_GOOD,
+                        0,
+                        edtl.to_bytes(3, "big"),
+                        _NO_LUN,
+                        itt,
+                        RESERVED,
+                        statsn,
+                        self.exp_cmdsn,
+                        self._max_cmdsn,
+                        0,
+                        0,
+                        0,
+                    )  # fmt: skip
+                )
+                out += extents
+                if edtl & 3:
+                    out.append(bytes(-edtl & 3))
+            else:
+                self._data_in(itt, _NO_LUN, extents, edtl, True, STATUS_GOOD, 0x80, 0)
+            return True
+        if rw == 0xA0 and edtl and len(data) == edtl:  # F and W, all immediate data
+            if not self._fast.fast_write(cdb, data, self.nexus):
+                return False
+            self.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+            stats = self.stats
+            stats["commands"] += 1
+            stats["write_bytes"] += edtl
+            statsn = self.statsn
+            self.statsn = (statsn + 1) & 0xFFFFFFFF
+            self.out.append(
+                _RSP.pack(
+                    P.Op.SCSI_RSP,
+                    0x80,
+                    0,
+                    STATUS_GOOD,
+                    0,
+                    b"\0\0\0",
+                    _NO_LUN,
+                    itt,
+                    0,
+                    statsn,
+                    self.exp_cmdsn,
+                    self._max_cmdsn,
+                    0,
+                    0,
+                    0,
+                )  # fmt: skip
+            )
+            return True
+        return False
 
     def _scsi_command_ordered(self, bhs: bytes, ahs: bytes, data: memoryview) -> None:
         _, flags, _, _, _, _, lun_raw, itt, edtl, _, _, cdb = _CMD.unpack(bhs)

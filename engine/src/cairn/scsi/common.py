@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..blockdev import Extent
 
@@ -14,6 +14,15 @@ class Nexus:
     initiator_port: str
     target_port: str
     relative_target_port: int = 1
+    # Nexuses are looked up on every command: hash once.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        key = (self.initiator_port, self.target_port, self.relative_target_port)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ import logging
 import struct
 from collections.abc import Callable
 
-from ..blockdev import BlockDevice, MediumError, NoSpaceError, StoreError
+from ..blockdev import BlockDevice, Extent, MediumError, NoSpaceError, StoreError
 from . import inquiry as inq
 from .common import Nexus, ScsiResult
 from .constants import (
@@ -39,7 +39,7 @@ from .constants import (
 from .mode import ModePages
 from .opcodes import ALL_COMMANDS, THIN_ONLY, CommandInfo, report_supported_opcodes
 from .reservations import ACCESS_ANY, ACCESS_READ, ACCESS_WRITE, Reservations
-from .sbc import BlockCommands, DataOut, data_out_length, fit_to_transfer
+from .sbc import _RW10, _RW16, BlockCommands, DataOut, data_out_length, fit_to_transfer
 from .sense import (
     ReservationConflict,
     ScsiError,
@@ -246,6 +246,66 @@ class LogicalUnit(BlockCommands):
         except Exception:
             log.exception("event=scsi_command_failed opcode=0x%02x", cdb[0])
             return self._check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
+
+    # ------------------------------------------------------------------ fast lane
+    # READ and WRITE (10)/(16) make up nearly all I/O.  The iSCSI layer offers them here
+    # first; these answer only the plain case (no flags, in range, nothing pending for
+    # the nexus: no unit attention, no reservation, no write protection, write cache on)
+    # with the very result ``execute`` would give, and return None for everything else,
+    # including a store error, so that ``execute`` runs the command and reports it.
+
+    def fast_read(self, cdb: bytes, edtl: int, nexus: Nexus) -> list[Extent] | None:
+        """The extents a plain READ returns, or None to run it through ``execute``."""
+        op = cdb[0]
+        if op == 0x28:
+            lba, count = _RW10.unpack_from(cdb)
+        elif op == 0x88:
+            lba, count = _RW16.unpack_from(cdb)
+        else:
+            return None
+        if (
+            cdb[1]
+            or count * self.block_size != edtl
+            or not 0 < count <= self.max_transfer
+            or lba + count > self.num_blocks
+            or (self._ua and self._ua.get(nexus))
+            or self.reservations.active
+            or nexus not in self._nexuses
+        ):
+            return None
+        try:
+            return self.device.read_extents(lba, count)
+        except Exception:
+            return None
+
+    def fast_write(self, cdb: bytes, data: memoryview, nexus: Nexus) -> bool:
+        """Write a plain WRITE whose data is ``data`` (all of it): True when done and
+        GOOD, False to run it through ``execute`` instead (which, after a store error
+        here, writes the same data again and reports the outcome)."""
+        op = cdb[0]
+        if op == 0x2A:
+            lba, count = _RW10.unpack_from(cdb)
+        elif op == 0x8A:
+            lba, count = _RW16.unpack_from(cdb)
+        else:
+            return False
+        if (
+            cdb[1]
+            or count * self.block_size != len(data)
+            or not 0 < count <= self.max_transfer
+            or lba + count > self.num_blocks
+            or not self._wce
+            or self._write_protect is not None
+            or (self._ua and self._ua.get(nexus))
+            or self.reservations.active
+            or nexus not in self._nexuses
+        ):
+            return False
+        try:
+            self.device.write(lba, data)
+        except Exception:
+            return False  # ``execute`` writes again and reports the error
+        return True
 
     def data_out_length(self, cdb: bytes) -> int | None:
         """Bytes of data-out the CDB transfers; None if the opcode is not served."""

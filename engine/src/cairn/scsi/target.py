@@ -115,6 +115,10 @@ class ScsiTarget:
             log.exception("event=scsi_fit_failed lun=%s", lun)
             return _check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
 
+    def fast_lane(self, lun: int) -> LogicalUnit | None:
+        """The unit whose ``fast_read``/``fast_write`` take plain READs and WRITEs."""
+        return self.luns.get(lun)
+
     def has_lun(self, lun: int) -> bool:
         return lun in self.luns
 
