@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
 from cairn.scsi import LogicalUnit, ScsiTarget  # noqa: E402
-from cairn.store import NullStore  # noqa: E402
+from cairn.store import EmbeddedPool, NullStore  # noqa: E402
 from cairn.volume import LocalVolume, MemorySeqSource  # noqa: E402
 from tests.unit.iscsi_helpers import make_connection, plain_login, scsi_cmd  # noqa: E402
 
@@ -27,10 +28,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--commands", type=int, default=200_000)
     ap.add_argument("--op", choices=["read", "write"], default="read")
+    ap.add_argument("--store", choices=["null", "embedded"], default="null")
     args = ap.parse_args()
-    lu = LogicalUnit(
-        LocalVolume(NullStore(1 << 30), MemorySeqSource()), serial="0", naa=bytes(8), thin=True
-    )
+    if args.store == "null":
+        device = LocalVolume(NullStore(1 << 30), MemorySeqSource())
+    else:
+        tmp = tempfile.mkdtemp(prefix="cairn-micro-")
+        store = EmbeddedPool(tmp).create_volume("micro", 1 << 30, 512)
+        device = LocalVolume.open(store, Path(tmp) / "micro.seq")
+    lu = LogicalUnit(device, serial="0", naa=bytes(8), thin=True)
     conn, _ = make_connection(backend=ScsiTarget({0: lu}))  # type: ignore[arg-type]
     assert plain_login(conn).login_status == 0
     conn.out.clear()
@@ -59,7 +65,7 @@ def main() -> int:
         spent += time.perf_counter() - t0
         assert used == len(buf) and len(out) >= batch, "the connection did not answer"
         done += batch
-    print(f"{args.op}: {spent / done * 1e6:.2f} us per command in Connection.feed")
+    print(f"{args.op} ({args.store}): {spent / done * 1e6:.2f} us per command in Connection.feed")
     return 0
 
 

@@ -35,6 +35,8 @@ _R2T = struct.Struct(">BBBBB3s8sIIIIIIII")
 _CMD = struct.Struct(">BBBBB3s8sIIII16s")
 _DOUT = struct.Struct(">8xII4xI4xII")  # ITT, TTT, ExpStatSN, DataSN, BufferOffset (from 16)
 _NO_LUN = bytes(8)
+# Write buffers kept for reuse, per connection (bounds the target's memory).
+BUFFER_POOL_BYTES = 4 << 20
 _ITT_EDTL_CMDSN = struct.Struct(">III")  # at offset 16 of a SCSI Command BHS
 
 STATUS_GOOD = 0x00
@@ -66,7 +68,8 @@ class _Write:
     unsol_datasn: int
     spdtl: int | None
     read: bool  # R bit also set (a bidirectional or mis-flagged command)
-    out_of_sequence: bool = False  # a Data-Out came with the wrong DataSN
+    out_of_sequence: bool = False  # a Data-Out came with the wrong DataSN or offset
+    unsol_next: int = 0  # where the next unsolicited Data-Out must start
 
 
 @dataclass(eq=False, slots=True)
@@ -128,6 +131,8 @@ class Connection:
         self.on_cold_reset: Callable[[], None] | None = None
         self.stats = {"commands": 0, "read_bytes": 0, "write_bytes": 0}
         self._fast: Any = None  # LUN 0's fast lane (``ScsiTarget.fast_lane``)
+        self._buffers: dict[int, list[bytearray]] = {}
+        self._buffered = 0
 
     # ------------------------------------------------------------------ framing
     def feed(self, view: memoryview) -> int:
@@ -464,11 +469,12 @@ class Connection:
             unsol_end = dsl
         else:
             unsol_end = min(self.params.first_burst, edtl)
-        buf = bytearray(edtl)
+        buf = self._take_buffer(edtl)
         buf[:dsl] = data
         w = _Write(
             itt, lun, lun_raw, cdb, edtl, buf, dsl, unsol_end, unsol_end, 0, {}, 0, spdtl, read
         )
+        w.unsol_next = dsl
         self._writes[itt] = w
         self._send_r2ts(w)
 
@@ -512,16 +518,19 @@ class Connection:
                 self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
                 self._close("unsolicited data beyond FirstBurstLength")
                 return
-            if datasn != w.unsol_datasn:
+            if datasn != w.unsol_datasn or offset != w.unsol_next:
                 w.out_of_sequence = True
             w.unsol_datasn += 1
+            w.unsol_next = offset + n
         else:
             r2t = w.outstanding.get(ttt)
             if r2t is None or not (r2t[0] <= offset and offset + n <= r2t[0] + r2t[1]):
                 self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
                 self._close("Data-Out does not match its R2T (transfer tag, offset or length)")
                 return
-            if datasn != r2t[3]:
+            # DataPDUInOrder=Yes: each PDU starts where the previous one ended, so the
+            # buffer has no gap when the byte count is complete.
+            if datasn != r2t[3] or offset != r2t[0] + r2t[2]:
                 w.out_of_sequence = True
             r2t[3] += 1
             r2t[2] += n
@@ -532,18 +541,42 @@ class Connection:
         self.stats["write_bytes"] += n
         if w.got >= w.edtl and not w.outstanding:
             del self._writes[itt]
-            if w.out_of_sequence:
-                # RFC 7143 7.9/7.8: a DataSN out of order is handled as a data digest
-                # error; at ErrorRecoveryLevel 0 the task ends with CHECK CONDITION once
-                # all its data has arrived, and the connection carries on.
-                log.warning("event=data_out_sequence_error peer=%s itt=0x%08x", self.peer, itt)
-                self._scsi_response(itt, STATUS_CHECK_CONDITION, _SENSE_DATA_SEQUENCE, 0x80, 0)
-                return
-            self._execute_write(
-                w.lun, itt, w.lun_raw, w.cdb, memoryview(w.buf), w.edtl, w.read, w.spdtl
-            )
+            buf = w.buf
+            try:
+                self._complete_write(w)
+            finally:
+                self._give_buffer(buf)
         elif w.next_offset < w.edtl:
             self._send_r2ts(w)
+
+    def _complete_write(self, w: _Write) -> None:
+        if w.out_of_sequence:
+            # RFC 7143 7.9/7.8: a DataSN out of order is handled as a data digest error
+            # (so is a Data-Out that does not start where the previous one ended, with
+            # DataPDUInOrder=Yes); at ErrorRecoveryLevel 0 the task ends with CHECK
+            # CONDITION once all its data has arrived, and the connection carries on.
+            log.warning("event=data_out_sequence_error peer=%s itt=0x%08x", self.peer, w.itt)
+            self._scsi_response(w.itt, STATUS_CHECK_CONDITION, _SENSE_DATA_SEQUENCE, 0x80, 0)
+            return
+        self._execute_write(
+            w.lun, w.itt, w.lun_raw, w.cdb, memoryview(w.buf), w.edtl, w.read, w.spdtl
+        )
+
+    # Write buffers are reused: a 1 MiB bytearray per command costs an allocation and
+    # zeroing as large as the data.  Safe because the store copies the data before
+    # ``execute`` returns; a buffer is only handed out again after that.
+    def _take_buffer(self, size: int) -> bytearray:
+        free = self._buffers.get(size)
+        if free:
+            self._buffered -= size
+            return free.pop()
+        return bytearray(size)
+
+    def _give_buffer(self, buf: bytearray) -> None:
+        size = len(buf)
+        if self._buffered + size <= BUFFER_POOL_BYTES:
+            self._buffers.setdefault(size, []).append(buf)
+            self._buffered += size
 
     def _execute_write(
         self,

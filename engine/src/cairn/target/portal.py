@@ -9,6 +9,7 @@ thread, and a connection whose peer reads slowly stops being read until its queu
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
@@ -83,6 +84,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.portal = portal
         self.buf = bytearray(RECV_BUFFER)
         self.view = memoryview(self.buf)
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
         self.start = 0
         self.end = 0
         self.transport: asyncio.Transport | None = None
@@ -153,9 +155,10 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     # -- helpers ------------------------------------------------------------------
     def _compact(self) -> None:
+        """Move the start of an incomplete PDU to the front of the buffer (one memmove)."""
         k = self.end - self.start
         if self.start:
-            self.buf[0:k] = bytes(self.view[self.start : self.end])
+            ctypes.memmove(self.addr, self.addr + self.start, k)
         self.start, self.end = 0, k
 
     def tick(self, elapsed: float) -> None:
