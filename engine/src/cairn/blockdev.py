@@ -15,12 +15,13 @@ from typing import Protocol, runtime_checkable
 Buffer = bytes | bytearray | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Extent:
     """A piece of a read result: ``length`` bytes at ``offset`` of file ``fd``.
 
     ``fd is None`` means the bytes are zeros (a hole).  Extents let the network layer
     send read payloads with ``os.sendfile`` instead of copying them through Python.
+    Not frozen: one is made per read, and a frozen dataclass is slow to construct.
     """
 
     fd: int | None

@@ -117,6 +117,8 @@ class LocalVolume:
         self._store = store
         self._seqs = seq_source
         self._last = store.high_seq
+        # reads go straight to the store (the method below documents the contract)
+        self.read_extents = store.read_extents  # type: ignore[method-assign]
 
     @classmethod
     def open(

@@ -37,7 +37,9 @@ _DOUT = struct.Struct(">8xII4xI4xII")  # ITT, TTT, ExpStatSN, DataSN, BufferOffs
 _NO_LUN = bytes(8)
 # Write buffers kept for reuse, per connection (bounds the target's memory).
 BUFFER_POOL_BYTES = 4 << 20
-_ITT_EDTL_CMDSN = struct.Struct(">III")  # at offset 16 of a SCSI Command BHS
+# A SCSI Command BHS as the fast lane reads it: opcode byte, flags, TotalAHSLength, LUN,
+# ITT, EDTL, CmdSN, CDB.
+_FAST_CMD = struct.Struct(">BBxxB3xQIII4x16s")
 
 STATUS_GOOD = 0x00
 STATUS_CHECK_CONDITION = 0x02
@@ -169,7 +171,9 @@ class Connection:
             pos += total
             self._idle = 0.0
             try:
-                self._dispatch(bhs, ahs_bytes, data)
+                # plain READs and WRITEs first (``_fast`` is set in full feature phase)
+                if bhs[0] & 0x3F != 0x01 or self._fast is None or not self._fast_command(bhs, data):
+                    self._dispatch(bhs, ahs_bytes, data)
             except Exception:  # a bug must cost one connection, never the daemon
                 log.exception("event=pdu_error peer=%s opcode=0x%02x", self.peer, bhs[0] & 0x3F)
                 self._reject(bhs, P.RejectReason.PROTOCOL_ERROR)
@@ -183,8 +187,7 @@ class Connection:
             self._login(bhs, ahs, data)
             return
         if op == P.Op.SCSI_CMD:
-            if self._fast is None or not self._fast_command(bhs, data):
-                self._scsi_command(bhs, ahs, data)
+            self._scsi_command(bhs, ahs, data)
         elif op == P.Op.DATA_OUT:
             self._data_out(bhs, data)
         elif op == P.Op.NOP_OUT:
@@ -346,13 +349,11 @@ class Connection:
         """A plain READ or WRITE (10)/(16) to LUN 0, in order, with all its data: run
         through the unit's fast lane and answered here.  False: nothing was done and the
         full path takes the command (it handles every case this one declines)."""
-        flags = bhs[1]
-        cdb = bhs[32:48]
-        itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(bhs, 16)
+        op, flags, ahs, lun, itt, edtl, cmdsn, cdb = _FAST_CMD.unpack(bhs)
         if (
-            bhs[0] & 0x40
-            or bhs[4]
-            or bhs[8:16] != _NO_LUN
+            op & 0x40
+            or ahs
+            or lun
             or cmdsn != self.exp_cmdsn
             or self._queued
             or itt in self._writes
