@@ -280,6 +280,10 @@ class Connection:
         self._pending_flush.clear()
         self._writes.clear()
         self._queued.clear()
+        self._buffers.clear()
+        self._buffered = 0
+        self.out = []
+        self.on_cold_reset = None  # the portal's callback refers back to us
         if self.record is not None:
             self.sessions.remove(self.record)
             self.record = None
