@@ -166,6 +166,15 @@ class LocalVolume:
             return
         self._store.unmap(lba, count, self._next_seq())
 
+    def payload_buffer(self, nbytes: int) -> tuple[int, memoryview] | None:
+        """A buffer to receive the data of a write into, lent by the store so that the
+        write needs no copy (None: use your own)."""
+        lend = getattr(self._store, "payload_buffer", None)
+        return lend(nbytes) if lend is not None else None
+
+    def release_payload_buffer(self, slot: int) -> None:
+        self._store.release_payload_buffer(slot)  # type: ignore[attr-defined]
+
     def flush(self) -> None:
         self._store.flush()
 

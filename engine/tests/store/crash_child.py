@@ -5,7 +5,8 @@
 Every operation is a pure function of its seq (``plan``), and the data of a write
 names its seq and block (``block``), so the parent can check, block by block, that the
 data on disk is the data of the seq recorded for it.  MODE "kill-*" makes the process
-SIGKILL itself at one exact point of the next write or unmap (embedded store only).
+SIGKILL itself at one exact point of the next write or unmap (embedded store only); with
+"-lent" appended, that write's data is in a payload area the store lent.
 """
 
 from __future__ import annotations
@@ -79,11 +80,18 @@ def main() -> None:
     if mode != "run":
         sys.stdin.readline()  # the parent says when
         seq += 1
+        data: object = payload(seq, 10, 20, bs)
+        if mode.endswith("-lent"):  # the data sits in a payload area the store lent
+            mode = mode.removesuffix("-lent")
+            lent = vol.payload_buffer(20 * bs)
+            assert lent is not None, "the store lent no payload area"
+            lent[1][:] = data
+            data = lent[1]
         _arm(mode)
         if mode == "kill-after-punch":
             vol.unmap(10, 20, seq)
         else:
-            vol.write(10, payload(seq, 10, 20, bs), seq)
+            vol.write(10, data, seq)
         raise SystemExit("still alive")
     while True:
         seq += 1

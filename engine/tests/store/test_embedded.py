@@ -49,7 +49,10 @@ def kill_at(harness: Harness, name: str, mode: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("mode", ["kill-before-data", "kill-after-data"])
+@pytest.mark.parametrize(
+    "mode",
+    ["kill-before-data", "kill-after-data", "kill-before-data-lent", "kill-after-data-lent"],
+)
 def test_write_interrupted_by_kill_is_completed(harness: Harness, mode: str) -> None:
     vol = harness.create(1 * MiB, 512)
     name = vol.name
@@ -333,3 +336,26 @@ def test_map_reservation_without_fallocate_keeps_entries(
     assert vol.block_seqs(0, 4) == [5, 5, 5, 5]
     assert vol.block_seqs(8, 1) == [6]
     assert vol.read(0, 4) == b"a" * 512 * 4
+
+
+def test_lent_payload_buffers(harness: Harness) -> None:
+    """Writes from lent journal areas land like any other, areas are reused once given
+    back, and a closed volume lends none."""
+    vol = harness.create(4 * MiB, 512)
+    lent = [vol.payload_buffer(64 * 512) for _ in range(64)]
+    got = [x for x in lent if x is not None]
+    assert 0 < len(got) < 64  # a bounded number of areas
+    for i, (slot, buf) in enumerate(got):
+        buf[:] = payload(i + 1, i * 64, 64, 512)
+        vol.write(i * 64, buf, i + 1)
+        vol.release_payload_buffer(slot)
+    for i in range(len(got)):
+        assert vol.read(i * 64, 64) == payload(i + 1, i * 64, 64, 512)
+        assert vol.block_seqs(i * 64, 64) == [i + 1] * 64
+    assert vol.payload_buffer(64 * 512) is not None  # given back, lent again
+    assert vol.payload_buffer(2 * MiB) is None  # larger than an area
+    name = vol.name
+    vol = harness.reopen(vol)
+    assert vol.read(0, 64) == payload(1, 0, 64, 512)
+    vol.close()
+    assert harness.pool.open_volume(name).payload_buffer(512) is not None

@@ -106,6 +106,36 @@ def test_write_with_r2t_and_unsolicited_data():
     assert backend.blocks[:6144] == payload
 
 
+def test_data_out_received_in_place():
+    """The transport may receive a Data-Out payload straight into the write's buffer."""
+    conn, backend = logged_in(
+        [("InitialR2T", "Yes"), ("MaxBurstLength", "2048"), ("MaxOutstandingR2T", "1")]
+    )
+    payload = bytes(range(256)) * 16  # 4096 bytes = 8 blocks
+    (r2t,) = feed(conn, scsi_cmd(write10(0, 8), 5, 1, edtl=4096, write=True, final=True))
+    assert r2t.opcode == Op.R2T
+    offset, ttt = 0, r2t.u32(20)
+    unknown = data_out(99, ttt, 0, 0, payload[:2048])[:48]
+    assert conn.data_out_sink(unknown) is None  # no such task
+    wrong_place = data_out(5, ttt, 0, 512, payload[512:2560])[:48]
+    assert conn.data_out_sink(wrong_place) is None  # not where the burst starts
+    for _ in range(2):
+        bhs = data_out(5, ttt, 0, offset, payload[offset : offset + 2048])[:48]
+        sink = conn.data_out_sink(bhs)
+        assert sink is not None and len(sink) == 2048
+        sink[:] = payload[offset : offset + 2048]
+        conn.data_out_received(bhs, sink)
+        out = drain(conn)
+        offset += 2048
+        if offset < 4096:
+            (r2t,) = out
+            assert r2t.opcode == Op.R2T and r2t.u32(40) == offset
+            ttt = r2t.u32(20)
+    (rsp,) = out
+    assert rsp.opcode == Op.SCSI_RSP and rsp.bhs[3] == 0
+    assert backend.blocks[:4096] == payload
+
+
 def test_data_out_out_of_sequence_fails_the_task_not_the_connection():
     conn, backend = logged_in([("InitialR2T", "No"), ("ImmediateData", "No")])
     backend.blocks[:1024] = b"a" * 1024
@@ -338,3 +368,39 @@ def test_malformed_pdus_in_full_feature_get_reject_or_close(pdus):
             break
     (r,) = feed(other, scsi_cmd(read10(0, 1), 1, other.exp_cmdsn, 512, read=True))
     assert r.opcode == Op.DATA_IN and r.bhs[3] == 0
+
+
+def test_writes_received_into_buffers_the_store_lends(tmp_path):
+    """R2T writes land in journal areas the embedded store lends; every area comes back
+    after the write, after an abort and when the connection drops."""
+    from cairn.scsi import LogicalUnit, ScsiTarget
+    from cairn.store import EmbeddedPool
+    from cairn.volume import LocalVolume
+
+    store = EmbeddedPool(tmp_path / "pool").create_volume("v", 8 << 20, 512)
+    unit = LogicalUnit(LocalVolume.open(store, tmp_path / "v.seq"), serial="0", naa=bytes(8))
+    conn, _ = make_connection(backend=ScsiTarget({0: unit}))  # type: ignore[arg-type]
+    assert plain_login(conn, [("InitialR2T", "Yes")]).login_status == 0
+    feed(conn, scsi_cmd(bytes(6), 1, 1))  # TUR: clears the power-on unit attention
+    free = len(store._free_slots)
+    assert free > 0
+    payload = bytes(range(256)) * 256  # 64 KiB
+    cmdsn = 2
+    for itt in (10, 11):
+        (r2t,) = feed(conn, scsi_cmd(write10(itt, 128), itt, cmdsn, 65536, write=True))
+        cmdsn += 1
+        assert len(store._free_slots) == free - 1  # this write's data goes to a lent area
+        (rsp,) = feed(conn, data_out(itt, r2t.u32(20), 0, 0, payload))
+        assert rsp.opcode == Op.SCSI_RSP and rsp.bhs[3] == 0
+        assert len(store._free_slots) == free
+        assert store.read(itt, 128) == payload
+    # an aborted write gives its area back, and so does a dropped connection
+    feed(conn, scsi_cmd(write10(0, 128), 20, cmdsn, 65536, write=True))
+    rest = struct.pack(">IIII", 0, cmdsn + 1, 0, 0)
+    (r,) = feed(conn, simple_pdu(Op.TASK_MGMT_REQ, 0x80 | TmfFunction.ABORT_TASK_SET, 21, rest))
+    assert r.opcode == Op.TASK_MGMT_RSP and r.bhs[2] == TmfResponse.COMPLETE
+    assert len(store._free_slots) == free
+    feed(conn, scsi_cmd(write10(0, 128), 22, cmdsn + 1, 65536, write=True))
+    assert len(store._free_slots) == free - 1
+    conn.connection_lost()
+    assert len(store._free_slots) == free

@@ -307,6 +307,16 @@ class LogicalUnit(BlockCommands):
             return False  # ``execute`` writes again and reports the error
         return True
 
+    def write_buffer(self, nbytes: int) -> tuple[int, memoryview] | None:
+        """A buffer lent by the device to receive ``nbytes`` of data-out into (a write
+        from it skips a copy), or None.  Give it back with ``release_write_buffer``
+        after the command ran or was abandoned."""
+        lend = getattr(self.device, "payload_buffer", None)
+        return lend(nbytes) if lend is not None else None
+
+    def release_write_buffer(self, handle: int) -> None:
+        self.device.release_payload_buffer(handle)  # type: ignore[attr-defined]
+
     def data_out_length(self, cdb: bytes) -> int | None:
         """Bytes of data-out the CDB transfers; None if the opcode is not served."""
         if not cdb or cdb[0] not in self._dispatch:

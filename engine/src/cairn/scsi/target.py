@@ -115,6 +115,15 @@ class ScsiTarget:
             log.exception("event=scsi_fit_failed lun=%s", lun)
             return _check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
 
+    def write_buffer(self, lun: int, nbytes: int) -> tuple[int, memoryview] | None:
+        """A buffer lent by ``lun``'s device for the data-out of a write (see
+        ``LogicalUnit.write_buffer``), or None."""
+        unit = self.luns.get(lun)
+        return unit.write_buffer(nbytes) if unit is not None else None
+
+    def release_write_buffer(self, lun: int, handle: int) -> None:
+        self.luns[lun].release_write_buffer(handle)
+
     def fast_lane(self, lun: int) -> LogicalUnit | None:
         """The unit whose ``fast_read``/``fast_write`` take plain READs and WRITEs."""
         return self.luns.get(lun)

@@ -12,6 +12,7 @@ while that one keeps doing I/O.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import os
 import re
@@ -37,9 +38,11 @@ from cairn.store._fs import (
 )
 from cairn.store.errors import BusyError, ExistsError, NotFoundError, OutOfRangeError
 from cairn.store.journal import (
+    HEADER,
     INTENT,
     OFF_HIGH,
     OFF_OP,
+    OFF_PAYLOAD,
     OFF_SEQ,
     OP_UNMAP,
     OP_WRITE,
@@ -405,6 +408,10 @@ class EmbeddedVolume(_Reader):
         self._journal = journal
         self._jmm = journal.mm
         self._jpay = journal.payload
+        base = ctypes.c_char.from_buffer(journal.mm)
+        self._jbase = ctypes.addressof(base)
+        del base  # (holding it would keep the mapping from closing)
+        self._free_slots = list(range(journal.slots - 1, -1, -1))
         self._lock = lock
         self._high = journal.high_seq
         self.last_shutdown = Shutdown.CLEAN
@@ -475,7 +482,9 @@ class EmbeddedVolume(_Reader):
             )
             if same_boot and valid:
                 if op == OP_WRITE:
-                    self.write(lba, bytes(self._jpay[: count << self._shift]), seq)
+                    payload = j.intent_payload(count << self._shift)
+                    if payload is not None:
+                        self.write(lba, payload, seq)
                 else:
                     self.unmap(lba, count, seq)
             j.clear_intent()
@@ -543,8 +552,18 @@ class EmbeddedVolume(_Reader):
         if not granules[lba >> GRANULE_SHIFT] or not granules[(lba + n - 1) >> GRANULE_SHIFT]:
             self._reserve_map(lba, n)
         jmm = self._jmm
-        # 1. the payload and the intent (with the seq) into the journal,
-        self._jpay[:nbytes] = mv
+        # 1. the payload and the intent (with the seq) into the journal: a write received
+        #    into a lent payload area (``payload_buffer``) is there already,
+        where = 0
+        if mv.obj is jmm and not mv.readonly:
+            where = ctypes.addressof(ctypes.c_char.from_buffer(mv)) - self._jbase
+            if where < HEADER + PAYLOAD_MAX or where + nbytes > self._journal.size:
+                where = 0  # not a lent area: copy
+        if where:
+            U64.pack_into(jmm, OFF_PAYLOAD, where)
+        else:
+            self._jpay[:nbytes] = mv
+            U64.pack_into(jmm, OFF_PAYLOAD, 0)
         INTENT.pack_into(jmm, OFF_OP, OP_WRITE, lba, n)
         U64.pack_into(jmm, OFF_SEQ, seq)
         # 2. the data,
@@ -587,6 +606,20 @@ class EmbeddedVolume(_Reader):
         if seq > self._high:
             self._high = seq
             U64.pack_into(jmm, OFF_HIGH, seq)
+
+    def payload_buffer(self, nbytes: int) -> tuple[int, memoryview] | None:
+        """Lend a payload area of the journal to receive the data of a write of
+        ``nbytes``: ``write`` then records where it is instead of copying it there.
+        None when none is free or the write is too large; give it back with
+        ``release_payload_buffer`` once the write is done (or abandoned)."""
+        if nbytes > PAYLOAD_MAX or not self._free_slots or self.closed:
+            return None
+        slot = self._free_slots.pop()
+        off = self._journal.slot_offset(slot)
+        return slot, self._journal.view[off : off + nbytes]
+
+    def release_payload_buffer(self, slot: int) -> None:
+        self._free_slots.append(slot)
 
     def _reserve_map(self, lba: int, count: int) -> None:
         try:
@@ -650,9 +683,12 @@ class EmbeddedVolume(_Reader):
 
     def allocated_bytes(self) -> int:
         """Bytes of pool space the volume's own layers and journal occupy (blocks shared
-        with the snapshot a clone came from are counted for that snapshot's volume)."""
+        with the snapshot a clone came from are counted for that snapshot's volume).  The
+        journal's lendable write buffers, held only while the volume is open, are not
+        counted."""
         self._check_open()
-        total = os.fstat(self._journal.fd).st_blocks * 512
+        journal = os.fstat(self._journal.fd).st_blocks * 512
+        total = max(0, journal - self._journal.lent_bytes)
         return total + sum(layer.allocated_bytes() for layer in self._own_layers())
 
     # -- snapshots ---------------------------------------------------------------------
