@@ -404,3 +404,40 @@ def test_writes_received_into_buffers_the_store_lends(tmp_path):
     assert len(store._free_slots) == free - 1
     conn.connection_lost()
     assert len(store._free_slots) == free
+
+
+def test_immediate_data_received_in_place(tmp_path):
+    """The immediate data of a write command may be received straight into a buffer the
+    store lends (``command_sink``); the buffer is kept by the write or given back."""
+    from cairn.scsi import LogicalUnit, ScsiTarget
+    from cairn.store import EmbeddedPool
+    from cairn.volume import LocalVolume
+
+    store = EmbeddedPool(tmp_path / "pool").create_volume("v", 8 << 20, 512)
+    unit = LogicalUnit(LocalVolume.open(store, tmp_path / "v.seq"), serial="0", naa=bytes(8))
+    conn, _ = make_connection(backend=ScsiTarget({0: unit}))  # type: ignore[arg-type]
+    assert plain_login(conn, [("FirstBurstLength", "65536")]).login_status == 0
+    feed(conn, scsi_cmd(bytes(6), 1, 1))  # TUR: clears the power-on unit attention
+    free = len(store._free_slots)
+    payload = bytes(range(256)) * 512  # 128 KiB: 64 KiB immediate, 64 KiB after an R2T
+    pdu = scsi_cmd(write10(0, 256), 5, 2, edtl=len(payload), write=True, data=payload[:65536])
+    sink = conn.command_sink(pdu[:48])
+    assert sink is not None and len(sink) == 65536
+    assert len(store._free_slots) == free - 1
+    sink[:] = payload[:65536]
+    conn.command_received(pdu[:48], sink)
+    (r2t,) = drain(conn)  # the first burst came as immediate data: R2T for the rest
+    assert r2t.opcode == Op.R2T and r2t.u32(40) == 65536
+    (rsp,) = feed(conn, data_out(5, r2t.u32(20), 0, 65536, payload[65536:]))
+    assert rsp.opcode == Op.SCSI_RSP and rsp.bhs[3] == 0
+    assert store.read(0, 256) == payload and len(store._free_slots) == free
+    # a command the connection does not take (outside the CmdSN window) gives it back
+    late = scsi_cmd(write10(0, 256), 6, 999, edtl=len(payload), write=True, data=payload[:65536])
+    sink = conn.command_sink(late[:48])
+    assert sink is not None
+    conn.command_received(late[:48], sink)
+    assert len(store._free_slots) == free
+    # and so does a connection that drops while the data is arriving
+    assert conn.command_sink(late[:48]) is not None
+    conn.connection_lost()
+    assert len(store._free_slots) == free

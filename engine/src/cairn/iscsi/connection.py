@@ -134,6 +134,8 @@ class Connection:
         self.on_cold_reset: Callable[[], None] | None = None
         self.stats = {"commands": 0, "read_bytes": 0, "write_bytes": 0}
         self._fast: Any = None  # LUN 0's fast lane (``ScsiTarget.fast_lane``)
+        # (lun, itt, handle, buffer) lent for a command whose immediate data is arriving
+        self._prelent: tuple[int, int, int, memoryview] | None = None
         self._buffers: dict[int, list[bytearray]] = {}
         self._buffered = 0
 
@@ -282,6 +284,9 @@ class Connection:
         for w in self._writes.values():
             self._return_buffer(w)
         self._writes.clear()
+        pre, self._prelent = self._prelent, None
+        if pre is not None and self.backend is not None:
+            self.backend.release_write_buffer(pre[0], pre[2])  # type: ignore[attr-defined]
         self._queued.clear()
         self._buffers.clear()
         self._buffered = 0
@@ -477,10 +482,17 @@ class Connection:
             unsol_end = dsl
         else:
             unsol_end = min(self.params.first_burst, edtl)
-        lend = getattr(backend, "write_buffer", None)
-        lent = lend(lun, edtl) if lend is not None else None
-        buf: Any = lent[1] if lent is not None else self._take_buffer(edtl)
-        buf[:dsl] = data
+        pre = self._prelent
+        if pre is not None and pre[0] == lun and pre[1] == itt and len(pre[3]) == edtl:
+            # the immediate data was received in place (``command_sink``)
+            self._prelent = None
+            lent: Any = (pre[2], pre[3])
+            buf: Any = pre[3]
+        else:
+            lend = getattr(backend, "write_buffer", None)
+            lent = lend(lun, edtl) if lend is not None else None
+            buf = lent[1] if lent is not None else self._take_buffer(edtl)
+            buf[:dsl] = data
         w = _Write(
             itt, lun, lun_raw, cdb, edtl, buf, dsl, unsol_end, unsol_end, 0, {}, 0, spdtl, read
         )
@@ -537,6 +549,42 @@ class Connection:
             if r2t is None or offset != r2t[0] + r2t[2] or offset + n > r2t[0] + r2t[1]:
                 return None
         return memoryview(w.buf)[offset : offset + n]
+
+    def command_sink(self, bhs: bytes) -> memoryview | None:
+        """Where the immediate data of the write command whose header is ``bhs`` may be
+        received: the start of a buffer the backend lends for the whole write, kept for
+        the command (``command_received``).  None: feed it as usual."""
+        if self.hd or self.dd or self.closing or self._fast is None or self._prelent:
+            return None
+        op, flags, ahs, lun_raw, itt, edtl, cmdsn, cdb = _FAST_CMD.unpack(bhs)
+        dsl = int.from_bytes(bhs[5:8], "big")
+        if ahs or flags & 0x60 != 0x20 or not self.params.immediate_data:
+            return None
+        if not 0 < dsl <= edtl or dsl > self.params.first_burst:
+            return None
+        lun = P.decode_lun(bhs[8:16])
+        lend = getattr(self.backend, "write_buffer", None)
+        lent = lend(lun, edtl) if lend is not None else None
+        if lent is None:
+            return None
+        self._prelent = (lun, itt, lent[0], lent[1])
+        return lent[1][:dsl]
+
+    def command_received(self, bhs: bytes, data: memoryview) -> None:
+        """The immediate data of a command arrived in the buffer ``command_sink`` gave."""
+        self._idle = 0.0
+        try:
+            if self._fast is None or not self._fast_command(bhs, data):
+                self._dispatch(bhs, b"", data)
+        except Exception:  # a bug must cost one connection, never the daemon
+            log.exception("event=pdu_error peer=%s opcode=0x01", self.peer)
+            self._close("internal error while handling a SCSI command")
+        finally:
+            pre = self._prelent
+            if pre is not None:  # the command did not keep the buffer
+                self._prelent = None
+                if self.backend is not None:
+                    self.backend.release_write_buffer(pre[0], pre[2])  # type: ignore[attr-defined]
 
     def data_out_received(self, bhs: bytes, data: memoryview) -> None:
         """The payload of a Data-Out arrived in the buffer ``data_out_sink`` gave."""

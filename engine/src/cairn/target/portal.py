@@ -145,7 +145,10 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             if self.sink_got == len(self.sink):
                 sink, bhs = self.sink, self.sink_bhs
                 self.sink = None
-                self.conn.data_out_received(bhs, sink)
+                if bhs[0] & 0x3F == 0x05:
+                    self.conn.data_out_received(bhs, sink)
+                else:
+                    self.conn.command_received(bhs, sink)
                 self.after_feed()
             return
         self.end += nbytes
@@ -159,18 +162,21 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     def _start_sink(self) -> None:
         """If what is left in the buffer is the start of a large Data-Out for a write in
-        progress, receive the rest of its payload straight into the write's buffer (one
-        copy less for every R2T-solicited byte; the connection says where, or no)."""
+        progress, or of a write command with large immediate data, receive the rest of
+        its payload straight into the write's buffer (one copy less for those bytes; the
+        connection says where, or no)."""
         start = self.start
         view = self.view
-        if view[start] & 0x3F != 0x05 or view[start + 4]:  # Data-Out, no AHS
+        op = view[start] & 0x3F
+        if op not in (0x01, 0x05) or view[start + 4]:  # SCSI Command or Data-Out, no AHS
             return
         dsl = (view[start + 5] << 16) | (view[start + 6] << 8) | view[start + 7]
         have = self.end - start - 48
         if dsl < SINK_MIN or dsl & 3 or have >= dsl:
             return
         bhs = bytes(view[start : start + 48])
-        dest = self.conn.data_out_sink(bhs)
+        conn = self.conn
+        dest = conn.data_out_sink(bhs) if op == 0x05 else conn.command_sink(bhs)
         if dest is None:
             return
         dest[:have] = view[start + 48 : self.end]
