@@ -412,6 +412,7 @@ class EmbeddedVolume(_Reader):
         self._jbase = ctypes.addressof(base)
         del base  # (holding it would keep the mapping from closing)
         self._free_slots = list(range(journal.slots - 1, -1, -1))
+        self._payload_noted = True  # not known: write the payload offset once
         self._lock = lock
         self._high = journal.high_seq
         self.last_shutdown = Shutdown.CLEAN
@@ -561,9 +562,12 @@ class EmbeddedVolume(_Reader):
                 where = 0  # not a lent area: copy
         if where:
             U64.pack_into(jmm, OFF_PAYLOAD, where)
+            self._payload_noted = True
         else:
             self._jpay[:nbytes] = mv
-            U64.pack_into(jmm, OFF_PAYLOAD, 0)
+            if self._payload_noted:  # (the slot is 0 unless a lent area was noted)
+                U64.pack_into(jmm, OFF_PAYLOAD, 0)
+                self._payload_noted = False
         INTENT.pack_into(jmm, OFF_OP, OP_WRITE, lba, n)
         U64.pack_into(jmm, OFF_SEQ, seq)
         # 2. the data,
