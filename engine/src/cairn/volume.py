@@ -157,13 +157,7 @@ class LocalVolume:
     def write(self, lba: int, data: Buffer, fua: bool = False) -> None:
         if len(data) == 0:
             return
-        seq = self._seqs.next()  # (``_next_seq``, inlined: this is the write path)
-        if seq <= self._last:
-            raise StoreError(
-                f"sequence source returned {seq}, not above {self._last}; refusing to write"
-            )
-        self._last = seq
-        self._store.write(lba, data, seq)
+        self._store.write(lba, data, self._next_seq())
         if fua:
             self._store.flush()
 

@@ -380,35 +380,7 @@ class Connection:
             stats = self.stats
             stats["commands"] += 1
             stats["read_bytes"] += edtl
-            p = self.params
-            if edtl <= p.max_recv_dsl_initiator and edtl <= p.max_burst:
-                statsn = self.statsn
-                self.statsn = (statsn + 1) & 0xFFFFFFFF
-                out = self.out
-                out.append(
-                    _DATA_IN.pack(
-                        P.Op.DATA_IN,
-                        0x81,
-                        0,
-                        STATUS_GOOD,
-                        0,
-                        edtl.to_bytes(3, "big"),
-                        _NO_LUN,
-                        itt,
-                        RESERVED,
-                        statsn,
-                        self.exp_cmdsn,
-                        self._max_cmdsn,
-                        0,
-                        0,
-                        0,
-                    )  # fmt: skip
-                )
-                out += extents
-                if edtl & 3:
-                    out.append(bytes(-edtl & 3))
-            else:
-                self._data_in(itt, _NO_LUN, extents, edtl, True, STATUS_GOOD, 0x80, 0)
+            self._data_in(itt, _NO_LUN, extents, edtl, True, STATUS_GOOD, 0x80, 0, whole=True)
             return True
         if rw == 0xA0 and edtl and len(data) == edtl:  # F and W, all immediate data
             if not self._fast.fast_write(cdb, data, self.nexus):
@@ -417,27 +389,7 @@ class Connection:
             stats = self.stats
             stats["commands"] += 1
             stats["write_bytes"] += edtl
-            statsn = self.statsn
-            self.statsn = (statsn + 1) & 0xFFFFFFFF
-            self.out.append(
-                _RSP.pack(
-                    P.Op.SCSI_RSP,
-                    0x80,
-                    0,
-                    STATUS_GOOD,
-                    0,
-                    b"\0\0\0",
-                    _NO_LUN,
-                    itt,
-                    0,
-                    statsn,
-                    self.exp_cmdsn,
-                    self._max_cmdsn,
-                    0,
-                    0,
-                    0,
-                )  # fmt: skip
-            )
+            self._scsi_response(itt, STATUS_GOOD, b"", 0x80, 0)
             return True
         return False
 
@@ -752,7 +704,9 @@ class Connection:
             if send:
                 self.stats["read_bytes"] += send
                 collapse = status == STATUS_GOOD
-                self._data_in(itt, lun_raw, data, send, collapse, status, flags, residual)
+                self._data_in(
+                    itt, lun_raw, data, send, collapse, status, flags, residual, whole=size == send
+                )
                 if collapse:
                     return
         elif data is not None and _data_len(data):
@@ -795,7 +749,11 @@ class Connection:
         status: int,
         rflags: int,
         residual: int,
+        whole: bool = False,
     ) -> None:
+        """Send ``send`` bytes of ``data`` (bytes, or a list of buffers and extents) in
+        Data-In PDUs, the status collapsed into the last one when ``collapse``.
+        ``whole``: ``data`` is exactly ``send`` bytes."""
         seg_max = self.params.max_recv_dsl_initiator
         burst = self.params.max_burst
         if isinstance(data, list):
@@ -808,6 +766,46 @@ class Connection:
                 ]
         else:
             pieces = [data]
+        if send <= seg_max and send <= burst:  # one PDU: most reads
+            chunk = pieces if whole else _Chunker(pieces).take(send)
+            if collapse:
+                hdr = _DATA_IN.pack(
+                    P.Op.DATA_IN,
+                    0x81 | (rflags & 0x06),
+                    0,
+                    status,
+                    0,
+                    send.to_bytes(3, "big"),
+                    lun_raw,
+                    itt,
+                    RESERVED,
+                    self._next_statsn(),
+                    self.exp_cmdsn,
+                    self._max_cmdsn,
+                    0,
+                    0,
+                    residual,
+                )
+            else:
+                hdr = _DATA_IN.pack(
+                    P.Op.DATA_IN,
+                    0x80,
+                    0,
+                    0,
+                    0,
+                    send.to_bytes(3, "big"),
+                    lun_raw,
+                    itt,
+                    RESERVED,
+                    0,
+                    self.exp_cmdsn,
+                    self._max_cmdsn,
+                    0,
+                    0,
+                    0,
+                )
+            self._emit_chunks(hdr, chunk, send)
+            return
         datasn = 0
         offset = 0
         burst_left = burst

@@ -412,7 +412,6 @@ class EmbeddedVolume(_Reader):
         self._jbase = ctypes.addressof(base)
         del base  # (holding it would keep the mapping from closing)
         self._free_slots = list(range(journal.slots - 1, -1, -1))
-        self._payload_noted = True  # not known: write the payload offset once
         self._lock = lock
         self._high = journal.high_seq
         self.last_shutdown = Shutdown.CLEAN
@@ -560,14 +559,9 @@ class EmbeddedVolume(_Reader):
             where = ctypes.addressof(ctypes.c_char.from_buffer(mv)) - self._jbase
             if where < HEADER + PAYLOAD_MAX or where + nbytes > self._journal.size:
                 where = 0  # not a lent area: copy
-        if where:
-            U64.pack_into(jmm, OFF_PAYLOAD, where)
-            self._payload_noted = True
-        else:
+        if not where:
             self._jpay[:nbytes] = mv
-            if self._payload_noted:  # (the slot is 0 unless a lent area was noted)
-                U64.pack_into(jmm, OFF_PAYLOAD, 0)
-                self._payload_noted = False
+        U64.pack_into(jmm, OFF_PAYLOAD, where)
         INTENT.pack_into(jmm, OFF_OP, OP_WRITE, lba, n)
         U64.pack_into(jmm, OFF_SEQ, seq)
         # 2. the data,

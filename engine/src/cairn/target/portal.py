@@ -96,7 +96,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.writing = False
         self.paused = False
         self.flushing = False
-        # receiving a Data-Out payload directly into its write buffer (``_start_sink``)
+        # receiving a payload (Data-Out or immediate data) into its write buffer (``_start_sink``)
         self.sink: memoryview | None = None
         self.sink_got = 0
         self.sink_bhs = b""
