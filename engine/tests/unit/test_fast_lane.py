@@ -131,3 +131,83 @@ def test_fast_lane_is_used_for_plain_io():
     out = drain(conn)
     assert [r.bhs[3] for r in out] == [0, 0] and calls == []
     dev.close()
+
+
+# Several commands in one ``feed``: plain writes that follow each other on the medium are
+# written as one (``Connection._write_batch``); everything must still look like the full
+# path answering them one by one.
+batched = st.lists(
+    st.tuples(
+        st.sampled_from([0x2A, 0x2A, 0x8A, 0x28, 0x00]),  # write, write, write, read, TUR
+        st.integers(0, NB - 9),
+        st.integers(1, 8),  # blocks
+        st.integers(0, 255),  # pattern
+        st.booleans(),  # start where the previous command ended
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def stream(cmds: list, first_cmdsn: int) -> bytes:
+    out = bytearray()
+    end = 0
+    for i, (op, lba, n, pattern, follow) in enumerate(cmds):
+        if follow:
+            lba = min(end, NB - n)
+        end = lba + n
+        itt, cmdsn = 100 + i, first_cmdsn + i
+        if op == 0x00:
+            out += scsi_cmd(bytes(6), itt, cmdsn)
+        elif op == 0x28:
+            out += scsi_cmd(cdb_for(op, lba, n, 0), itt, cmdsn, edtl=n * BS, read=True)
+        else:
+            data = bytes([pattern]) * (n * BS)
+            out += scsi_cmd(cdb_for(op, lba, n, 0), itt, cmdsn, n * BS, write=True, data=data)
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batched, st.booleans())
+def test_commands_fed_together_answer_like_the_full_path(cmds, failing):
+    """``failing``: the store fails every call (a batch then goes through the full path
+    command by command, which reports each failure)."""
+    fast = side(True)
+    slow = side(False)
+    outs = []
+    for conn, _unit, dev in (fast, slow):
+        conn.feed(memoryview(scsi_cmd(bytes(6), 9, conn.exp_cmdsn)))  # clear the power-on UA
+        drain(conn)
+        if failing:
+            dev.fail = OSError(5, "injected")
+        conn.feed(memoryview(stream(cmds, conn.exp_cmdsn)))
+        dev.fail = None
+        outs.append(drain(conn))
+    # A response built after later commands arrived carries a later ExpCmdSN/MaxCmdSN
+    # (both right: they say what the target has received); the rest is identical.
+    windows = [[r.bhs[28:36] for r in out] for out in outs]
+    assert windows[0] == sorted(windows[0]) and windows[0][-1:] == windows[1][-1:]
+    masked = [[(r.opcode, r.bhs[:28] + r.bhs[36:], r.data) for r in out] for out in outs]
+    assert masked[0] == masked[1]
+    assert len(outs[0]) == len(cmds)
+    assert fast[2].read(0, NB) == slow[2].read(0, NB)
+    for _, _, dev in (fast, slow):
+        dev.close()
+
+
+def test_writes_that_follow_each_other_are_written_as_one():
+    conn, unit, dev = side(True)
+    conn.feed(memoryview(scsi_cmd(bytes(6), 9, conn.exp_cmdsn)))
+    drain(conn)
+    cmds = [(0x2A, 0, 8, 1, False), (0x2A, 0, 8, 2, True), (0x8A, 0, 4, 3, True)]
+    cmds += [(0x2A, 100, 2, 4, False), (0x28, 0, 8, 0, False), (0x2A, 102, 2, 5, False)]
+    dev.writes.clear()
+    conn.feed(memoryview(stream(cmds, conn.exp_cmdsn)))
+    out = drain(conn)
+    assert [r.bhs[3] for r in out] == [0] * 6  # every command GOOD, in order
+    assert [int.from_bytes(r.bhs[16:20], "big") for r in out] == list(range(100, 106))
+    # three back to back, then one that does not follow, cut short by a read
+    assert dev.writes == [(0, 20), (100, 2), (102, 2)]
+    expected = bytes([1]) * 4096 + bytes([2]) * 4096 + bytes([3]) * 2048
+    assert dev.read(0, 20) == expected
+    dev.close()

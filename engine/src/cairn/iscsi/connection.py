@@ -37,6 +37,9 @@ _DOUT = struct.Struct(">8xII4xI4xII")  # ITT, TTT, ExpStatSN, DataSN, BufferOffs
 _NO_LUN = bytes(8)
 # Write buffers kept for reuse, per connection (bounds the target's memory).
 BUFFER_POOL_BYTES = 4 << 20
+# Plain writes that arrive together and follow each other on the medium are written as
+# one, up to this many bytes (``_write_batch``).
+BATCH_MAX = 1 << 20
 # A SCSI Command BHS as the fast lane reads it: opcode byte, flags, TotalAHSLength, LUN,
 # ITT, EDTL, CmdSN, CDB.
 _FAST_CMD = struct.Struct(">BBxxB3xQIII4x16s")
@@ -136,12 +139,25 @@ class Connection:
         self._fast: Any = None  # LUN 0's fast lane (``ScsiTarget.fast_lane``)
         # (lun, itt, handle, buffer) lent for a command whose immediate data is arriving
         self._prelent: tuple[int, int, int, memoryview] | None = None
+        # plain writes of this ``feed`` not yet written: (ITT, CDB, data), back to back
+        # on the medium from ``_batch_lba``
+        self._batch: list[tuple[int, bytes, memoryview]] = []
+        self._batch_lba = 0
+        self._batch_end = 0
+        self._batch_bytes = 0
         self._buffers: dict[int, list[bytearray]] = {}
         self._buffered = 0
 
     # ------------------------------------------------------------------ framing
     def feed(self, view: memoryview) -> int:
         """Consume complete PDUs from ``view``; return the number of bytes used."""
+        try:
+            return self._feed(view)
+        finally:
+            if self._batch:  # their data is in ``view``: written before it is reused
+                self._write_batch()
+
+    def _feed(self, view: memoryview) -> int:
         pos = 0
         n = len(view)
         while n - pos >= 48 and not self.closing:
@@ -175,7 +191,13 @@ class Connection:
             self._idle = 0.0
             try:
                 # plain READs and WRITEs first (``_fast`` is set in full feature phase)
-                if bhs[0] & 0x3F != 0x01 or self._fast is None or not self._fast_command(bhs, data):
+                if (
+                    bhs[0] & 0x3F != 0x01
+                    or self._fast is None
+                    or not self._fast_command(bhs, data, True)
+                ):
+                    if self._batch:  # everything else sees the writes that came before
+                        self._write_batch()
                     self._dispatch(bhs, ahs_bytes, data)
             except Exception:  # a bug must cost one connection, never the daemon
                 log.exception("event=pdu_error peer=%s opcode=0x%02x", self.peer, bhs[0] & 0x3F)
@@ -357,10 +379,12 @@ class Connection:
         if self._queued:
             self._run_queued()
 
-    def _fast_command(self, bhs: bytes, data: memoryview) -> bool:
+    def _fast_command(self, bhs: bytes, data: memoryview, batch: bool = False) -> bool:
         """A plain READ or WRITE (10)/(16) to LUN 0, in order, with all its data: run
         through the unit's fast lane and answered here.  False: nothing was done and the
-        full path takes the command (it handles every case this one declines)."""
+        full path takes the command (it handles every case this one declines).  With
+        ``batch`` (``data`` stays valid until the end of ``feed``) a write may wait for
+        the next ones to be written together with them."""
         op, flags, ahs, lun, itt, edtl, cmdsn, cdb = _FAST_CMD.unpack(bhs)
         if (
             op & 0x40
@@ -373,6 +397,8 @@ class Connection:
             return False
         rw = flags & 0xE0
         if rw == 0xC0 and not data:  # F and R
+            if self._batch:
+                self._write_batch()
             extents = self._fast.fast_read(cdb, edtl, self.nexus)
             if extents is None:
                 return False
@@ -383,15 +409,62 @@ class Connection:
             self._data_in(itt, _NO_LUN, extents, edtl, True, STATUS_GOOD, 0x80, 0, whole=True)
             return True
         if rw == 0xA0 and edtl and len(data) == edtl:  # F and W, all immediate data
-            if not self._fast.fast_write(cdb, data, self.nexus):
+            fast = self._fast
+            lba = fast.plain_write(cdb, edtl, self.nexus)
+            if lba < 0:
                 return False
             self.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
             stats = self.stats
             stats["commands"] += 1
             stats["write_bytes"] += edtl
-            self._scsi_response(itt, STATUS_GOOD, b"", 0x80, 0)
+            if batch:
+                if self._batch and (lba != self._batch_end or self._batch_bytes + edtl > BATCH_MAX):
+                    self._write_batch()
+                if not self._batch:
+                    self._batch_lba = lba
+                self._batch.append((itt, cdb, data))
+                self._batch_end = lba + edtl // fast.block_size
+                self._batch_bytes += edtl
+            elif fast.write_blocks(lba, data):
+                self._scsi_response(itt, STATUS_GOOD, b"", 0x80, 0)
+            else:  # the full path writes again and reports the outcome
+                self._execute_write(0, itt, _NO_LUN, cdb, data, edtl, False, edtl)
             return True
         return False
+
+    def _write_batch(self) -> None:
+        """Write the plain writes gathered in ``_batch`` (back to back on the medium) as
+        one, then answer each; after a store error each goes through the full path,
+        which writes it again and reports the outcome."""
+        batch = self._batch
+        total = self._batch_bytes
+        self._batch = []
+        self._batch_bytes = 0
+        fast = self._fast
+        if len(batch) == 1:
+            ok = fast.write_blocks(self._batch_lba, batch[0][2])
+        else:
+            # gathered into a buffer the store lends, so that it copies nothing more
+            lent = fast.write_buffer(total)
+            buf: Any = lent[1] if lent is not None else self._take_buffer(total)
+            pos = 0
+            for _itt, _cdb, data in batch:
+                n = len(data)
+                buf[pos : pos + n] = data
+                pos += n
+            try:
+                ok = fast.write_blocks(self._batch_lba, memoryview(buf)[:total])
+            finally:
+                if lent is not None:
+                    fast.release_write_buffer(lent[0])
+                else:
+                    self._give_buffer(buf)
+        for itt, cdb, data in batch:
+            if ok:
+                self._scsi_response(itt, STATUS_GOOD, b"", 0x80, 0)
+            else:
+                n = len(data)
+                self._execute_write(0, itt, _NO_LUN, cdb, data, n, False, n)
 
     def _scsi_command_ordered(self, bhs: bytes, ahs: bytes, data: memoryview) -> None:
         _, flags, _, _, _, _, lun_raw, itt, edtl, _, _, cdb = _CMD.unpack(bhs)

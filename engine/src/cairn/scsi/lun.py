@@ -282,16 +282,23 @@ class LogicalUnit(BlockCommands):
         """Write a plain WRITE whose data is ``data`` (all of it): True when done and
         GOOD, False to run it through ``execute`` instead (which, after a store error
         here, writes the same data again and reports the outcome)."""
+        lba = self.plain_write(cdb, len(data), nexus)
+        return lba >= 0 and self.write_blocks(lba, data)
+
+    def plain_write(self, cdb: bytes, nbytes: int, nexus: Nexus) -> int:
+        """The LBA of a plain WRITE (10)/(16) with ``nbytes`` of data that the fast lane
+        may take, or -1.  Nothing is written: ``write_blocks`` does that, possibly for
+        several such writes at once when they follow each other on the medium."""
         op = cdb[0]
         if op == 0x2A:
             lba, count = _RW10.unpack_from(cdb)
         elif op == 0x8A:
             lba, count = _RW16.unpack_from(cdb)
         else:
-            return False
+            return -1
         if (
             cdb[1]
-            or count * self.block_size != len(data)
+            or count * self.block_size != nbytes
             or not 0 < count <= self.max_transfer
             or lba + count > self.num_blocks
             or not self._wce
@@ -300,11 +307,17 @@ class LogicalUnit(BlockCommands):
             or self.reservations.active
             or nexus not in self._nexuses
         ):
-            return False
+            return -1
+        return lba
+
+    def write_blocks(self, lba: int, data: memoryview) -> bool:
+        """Write whole blocks at ``lba`` (writes ``plain_write`` accepted, one or several
+        in a row): True when done, False after a store error (run them through
+        ``execute`` then, which writes again and reports the error)."""
         try:
             self.device.write(lba, data)
         except Exception:
-            return False  # ``execute`` writes again and reports the error
+            return False
         return True
 
     def write_buffer(self, nbytes: int) -> tuple[int, memoryview] | None:
