@@ -30,6 +30,9 @@ RESERVED = P.RESERVED_TAG
 LOGIN_MAX_DSL = 65536
 _I32 = struct.Struct(">I")
 _DATA_IN = struct.Struct(">BBBBB3s8sIIIIIIII")
+# A Data-In with no AHS, as the fast lane builds it: TotalAHSLength (0) and the 3-byte
+# DataSegmentLength packed together as one 32-bit field.
+_FAST_DATA_IN = struct.Struct(">BBBBI8sIIIIIIII")
 _RSP = struct.Struct(">BBBBB3s8sIIIIIIII")
 _R2T = struct.Struct(">BBBBB3s8sIIIIIIII")
 _CMD = struct.Struct(">BBBBB3s8sIIII16s")
@@ -137,6 +140,7 @@ class Connection:
         self.on_cold_reset: Callable[[], None] | None = None
         self.stats = {"commands": 0, "read_bytes": 0, "write_bytes": 0}
         self._fast: Any = None  # LUN 0's fast lane (``ScsiTarget.fast_lane``)
+        self._fast_in = 0  # the longest read the fast lane answers with one Data-In PDU
         # (lun, itt, handle, buffer) lent for a command whose immediate data is arriving
         self._prelent: tuple[int, int, int, memoryview] | None = None
         # plain writes of this ``feed`` not yet written: (ITT, CDB, data), back to back
@@ -271,6 +275,7 @@ class Connection:
             lane = getattr(self.backend, "fast_lane", None)
             if lane is not None and not self.hd and not self.dd:
                 self._fast = lane(0)
+                self._fast_in = min(self.params.max_recv_dsl_initiator, self.params.max_burst)
         else:
             self.sessions.add(self.record)
         log.info(
@@ -406,7 +411,33 @@ class Connection:
             stats = self.stats
             stats["commands"] += 1
             stats["read_bytes"] += edtl
-            self._data_in(itt, _NO_LUN, extents, edtl, True, STATUS_GOOD, 0x80, 0, whole=True)
+            if edtl > self._fast_in:
+                self._data_in(itt, _NO_LUN, extents, edtl, True, STATUS_GOOD, 0x80, 0, whole=True)
+                return True
+            # one Data-In with the status (what ``_data_in`` sends; no padding: whole blocks)
+            statsn = self.statsn
+            self.statsn = (statsn + 1) & 0xFFFFFFFF
+            exp = self.exp_cmdsn
+            out = self.out
+            out.append(
+                _FAST_DATA_IN.pack(
+                    P.Op.DATA_IN,
+                    0x81,
+                    0,
+                    STATUS_GOOD,
+                    edtl,
+                    _NO_LUN,
+                    itt,
+                    RESERVED,
+                    statsn,
+                    exp,
+                    (exp + CMD_WINDOW - 1) & 0xFFFFFFFF,
+                    0,
+                    0,
+                    0,
+                )
+            )
+            out += extents
             return True
         if rw == 0xA0 and edtl and len(data) == edtl:  # F and W, all immediate data
             fast = self._fast
