@@ -585,6 +585,11 @@ class Connection:
             w.next_offset += length
             self._emit(hdr)
 
+    @property
+    def awaiting_data_out(self) -> bool:
+        """Writes in progress wait for Data-Out PDUs."""
+        return bool(self._writes)
+
     def data_out_sink(self, bhs: bytes) -> memoryview | None:
         """Where the payload of the Data-Out whose header is ``bhs`` belongs, when the
         transport may receive it straight there: a Data-Out of a write in progress that

@@ -137,6 +137,10 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             return sink[self.sink_got :]
         if len(self.buf) - self.end < RECV_RESERVE:
             self._compact()
+        if self.end - self.start < 48 and self.conn.awaiting_data_out:
+            # Data-Out PDUs are coming: read up to the end of the next header only, so
+            # that a large payload is received in place rather than copied there
+            return self.view[self.end : self.start + 48]
         return self.view[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
