@@ -144,10 +144,9 @@ class Connection:
         # (lun, itt, handle, buffer) lent for a command whose immediate data is arriving
         self._prelent: tuple[int, int, int, memoryview] | None = None
         # plain writes of this ``feed`` not yet written: (ITT, CDB, data), back to back
-        # on the medium from ``_batch_lba``
+        # on the medium from ``_batch_lba``, ``_batch_bytes`` in all
         self._batch: list[tuple[int, bytes, memoryview]] = []
         self._batch_lba = 0
-        self._batch_end = 0
         self._batch_bytes = 0
         self._buffers: dict[int, list[bytearray]] = {}
         self._buffered = 0
@@ -448,18 +447,17 @@ class Connection:
             stats = self.stats
             stats["commands"] += 1
             stats["write_bytes"] += edtl
-            if batch:
-                if self._batch and (lba != self._batch_end or self._batch_bytes + edtl > BATCH_MAX):
-                    self._write_batch()
-                if not self._batch:
-                    self._batch_lba = lba
-                self._batch.append((itt, cdb, data))
-                self._batch_end = lba + edtl // fast.block_size
-                self._batch_bytes += edtl
-            elif fast.write_blocks(lba, data):
-                self._scsi_response(itt, STATUS_GOOD, b"", 0x80, 0)
-            else:  # the full path writes again and reports the outcome
-                self._execute_write(0, itt, _NO_LUN, cdb, data, edtl, False, edtl)
+            if self._batch and (
+                lba != self._batch_lba + self._batch_bytes // fast.block_size
+                or self._batch_bytes + edtl > BATCH_MAX
+            ):
+                self._write_batch()
+            if not self._batch:
+                self._batch_lba = lba
+            self._batch.append((itt, cdb, data))
+            self._batch_bytes += edtl
+            if not batch:  # ``data`` is not kept beyond this call
+                self._write_batch()
             return True
         return False
 

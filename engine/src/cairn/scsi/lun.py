@@ -278,13 +278,6 @@ class LogicalUnit(BlockCommands):
         except Exception:
             return None
 
-    def fast_write(self, cdb: bytes, data: memoryview, nexus: Nexus) -> bool:
-        """Write a plain WRITE whose data is ``data`` (all of it): True when done and
-        GOOD, False to run it through ``execute`` instead (which, after a store error
-        here, writes the same data again and reports the outcome)."""
-        lba = self.plain_write(cdb, len(data), nexus)
-        return lba >= 0 and self.write_blocks(lba, data)
-
     def plain_write(self, cdb: bytes, nbytes: int, nexus: Nexus) -> int:
         """The LBA of a plain WRITE (10)/(16) with ``nbytes`` of data that the fast lane
         may take, or -1.  Nothing is written: ``write_blocks`` does that, possibly for

@@ -125,7 +125,7 @@ class ScsiTarget:
         self.luns[lun].release_write_buffer(handle)
 
     def fast_lane(self, lun: int) -> LogicalUnit | None:
-        """The unit whose ``fast_read``/``fast_write`` take plain READs and WRITEs."""
+        """The unit whose ``fast_read``/``plain_write`` take plain READs and WRITEs."""
         return self.luns.get(lun)
 
     def has_lun(self, lun: int) -> bool:
