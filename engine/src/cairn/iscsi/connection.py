@@ -129,7 +129,12 @@ class Connection:
         self._writes: dict[int, _Write] = {}
         self._ttt_next = 1
         self._queued: dict[int, tuple[bytes, bytes, memoryview]] = {}
-        self._pending_flush: list[FlushRequest] = []
+        # commands whose status waits: for a flush in a worker (also in
+        # ``flush_requests``) or for an asynchronous device (``ScsiResult.pending``)
+        self._pending_flush: set[FlushRequest] = set()
+        # called when output appeared outside ``feed`` (an asynchronous device finished
+        # a command): the network side sends ``out`` then
+        self.on_output: Callable[[], None] | None = None
         self._text_buf = bytearray()
         self._nop_interval = nop_interval
         self._nop_timeout = nop_timeout
@@ -317,7 +322,8 @@ class Connection:
         self._buffers.clear()
         self._buffered = 0
         self.out = []
-        self.on_cold_reset = None  # the portal's callback refers back to us
+        self.on_cold_reset = None  # the portal's callbacks refer back to us
+        self.on_output = None
         if self.record is not None:
             self.sessions.remove(self.record)
             self.record = None
@@ -770,19 +776,34 @@ class Connection:
         read: bool,
         spdtl: int | None,
     ) -> None:
+        pending = getattr(result, "pending", None)
+        if pending is not None:
+            held = FlushRequest(lun, itt, None, edtl, lun_raw, read, spdtl)
+            self._pending_flush.add(held)
+            pending.add_done_callback(lambda p: self._device_done(held, p.value))
+            return
         if result is not None and result.flush and result.status == STATUS_GOOD:
             fr = FlushRequest(lun, itt, result, edtl, lun_raw, read, spdtl)
-            self._pending_flush.append(fr)
+            self._pending_flush.add(fr)
             self.flush_requests.append(fr)
             return
         self._respond(itt, lun_raw, result, edtl, read, spdtl)
+
+    def _device_done(self, held: FlushRequest, result: Any) -> None:
+        """An asynchronous device finished a command: answer it (unless it was aborted
+        or the connection went away meanwhile)."""
+        if held.aborted or self.closing:
+            return
+        self._pending_flush.discard(held)
+        self._finish(held.lun, held.itt, held.lun_raw, result, held.edtl, held.read, held.spdtl)
+        if self.on_output is not None:
+            self.on_output()
 
     def flush_done(self, fr: FlushRequest, error: Exception | None = None) -> None:
         """A flush requested through ``flush_requests`` finished (in a worker)."""
         if fr.aborted or self.closing:
             return
-        if fr in self._pending_flush:
-            self._pending_flush.remove(fr)
+        self._pending_flush.discard(fr)
         result = fr.result
         if error is not None:
             from cairn.scsi import flush_failed_result
@@ -1089,7 +1110,7 @@ class Connection:
         for fr in list(self._pending_flush):
             if match(fr.itt, fr.lun):
                 fr.aborted = True
-                self._pending_flush.remove(fr)
+                self._pending_flush.discard(fr)
                 found = True
         return found
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..blockdev import Extent
+from ..blockdev import Extent, Pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +31,13 @@ class ScsiResult:
 
     ``data`` is the data-in: bytes, a memoryview, or for READ a list of
     ``blockdev.Extent`` to send without copying.  ``flush`` asks the caller to run
-    ``device.flush()`` (in a thread) before it sends the status.
+    ``device.flush()`` (in a thread) before it sends the status.  ``pending`` (from
+    an asynchronous device) means the command is still running: its value, once done,
+    is the ScsiResult to send (it never fails; errors are turned into a status).
     """
 
     status: int
     sense: bytes = b""
     data: bytes | memoryview | list[Extent] | None = None
     flush: bool = False
+    pending: Pending | None = None

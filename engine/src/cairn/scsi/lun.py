@@ -12,7 +12,15 @@ import logging
 import struct
 from collections.abc import Callable
 
-from ..blockdev import BlockDevice, Extent, MediumError, NoSpaceError, StoreError
+from ..blockdev import (
+    BlockDevice,
+    Extent,
+    MediumError,
+    NoSpaceError,
+    Pending,
+    QuorumError,
+    StoreError,
+)
 from . import inquiry as inq
 from .common import Nexus, ScsiResult
 from .constants import (
@@ -22,6 +30,7 @@ from .constants import (
     INTERNAL_TARGET_FAILURE,
     INVALID_COMMAND_OPERATION_CODE,
     INVALID_FIELD_IN_CDB,
+    LU_NOT_ACCESSIBLE_UNAVAILABLE,
     MODE_PARAMETERS_CHANGED,
     NO_ADDITIONAL_SENSE,
     POWER_ON_RESET_OCCURRED,
@@ -87,6 +96,8 @@ class LogicalUnit(BlockCommands):
         if not serial or not serial.isascii() or not serial.isprintable():
             raise ValueError(f"unit serial number must be printable ASCII, got {serial!r}")
         self.device = device
+        # a replicated volume finishes reads and writes later (``blockdev.Pending``)
+        self.asynchronous = bool(getattr(device, "asynchronous", False))
         self.block_size = device.block_size
         self.num_blocks = device.num_blocks
         if self.block_size not in (512, 1024, 2048, 4096):
@@ -221,31 +232,68 @@ class LogicalUnit(BlockCommands):
             if self.reservations.conflicts(nexus, access, bool(flags & F_SPC2_EXEMPT)):
                 return ScsiResult(Status.RESERVATION_CONFLICT)
         try:
-            return handler(cdb, data_out, nexus)
-        except ScsiError as e:
+            result = handler(cdb, data_out, nexus)
+        except Exception as e:
+            if flags & F_DYNAMIC_ACCESS:
+                access = self._dynamic_access(cdb)
+            return self._error_result(e, cdb, access)
+        if self.asynchronous and (result.pending is not None or result.flush):
+            if flags & F_DYNAMIC_ACCESS:
+                access = self._dynamic_access(cdb)
+            return self._settle(result, cdb, access)
+        return result
+
+    def _error_result(self, e: Exception, cdb: bytes, access: int = ACCESS_READ) -> ScsiResult:
+        """The status for a command that raised ``e`` (now or when it finished)."""
+        if isinstance(e, ScsiError):
             return ScsiResult(
                 CHECK_CONDITION,
                 build_sense(
                     e.key, e.asc, descriptor=self._d_sense, information=e.information, sks=e.sks
                 ),
             )
-        except ReservationConflict:
+        if isinstance(e, ReservationConflict):
             return ScsiResult(Status.RESERVATION_CONFLICT)
-        except NoSpaceError as e:
+        if isinstance(e, NoSpaceError):
             log.warning("event=no_space opcode=0x%02x error=%r", cdb[0], str(e))
             return self._check(SenseKey.DATA_PROTECT, SPACE_ALLOCATION_FAILED_WRITE_PROTECT)
-        except MediumError as e:
+        if isinstance(e, QuorumError):
+            # docs/replication.md: not enough healthy replicas, for longer than the hold
+            log.warning("event=no_quorum opcode=0x%02x error=%r", cdb[0], str(e))
+            return self._check(SenseKey.NOT_READY, LU_NOT_ACCESSIBLE_UNAVAILABLE)
+        if isinstance(e, MediumError):
             log.warning("event=medium_error opcode=0x%02x error=%r", cdb[0], str(e))
-            if flags & F_DYNAMIC_ACCESS:
-                access = self._dynamic_access(cdb)
             asc = WRITE_ERROR if access == ACCESS_WRITE else UNRECOVERED_READ_ERROR
             return self._check(SenseKey.MEDIUM_ERROR, asc)
-        except StoreError as e:
+        if isinstance(e, StoreError):
             log.warning("event=store_error opcode=0x%02x error=%r", cdb[0], str(e))
             return self._check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
-        except Exception:
-            log.exception("event=scsi_command_failed opcode=0x%02x", cdb[0])
-            return self._check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
+        log.error("event=scsi_command_failed opcode=0x%02x", cdb[0], exc_info=e)
+        return self._check(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE)
+
+    def _settle(self, result: ScsiResult, cdb: bytes, access: int) -> ScsiResult:
+        """An asynchronous device's result: a ScsiResult whose ``pending`` gives the
+        final ScsiResult, after the device's flush where the command asked for one,
+        and with errors turned into a status."""
+        if result.pending is not None:
+            p = result.pending
+        else:
+            p = Pending.resolved(result)
+
+        def flush_if_asked(r: ScsiResult) -> ScsiResult | Pending:
+            if not r.flush or r.status != GOOD:
+                return r
+            done = ScsiResult(r.status, r.sense, r.data)
+            f = self.device.flush()
+            return f.then(lambda _: done) if isinstance(f, Pending) else done
+
+        out = Pending()
+
+        def finished(q: Pending) -> None:
+            out.resolve(q.value if q.error is None else self._error_result(q.error, cdb, access))
+
+        p.then(flush_if_asked).add_done_callback(finished)
+        return ScsiResult(GOOD, pending=out)
 
     # ------------------------------------------------------------------ fast lane
     # READ and WRITE (10)/(16) make up nearly all I/O.  The iSCSI layer offers them here
@@ -271,11 +319,12 @@ class LogicalUnit(BlockCommands):
             or (self._ua and self._ua.get(nexus))
             or self.reservations.active
             or nexus not in self._nexuses
+            or self.asynchronous
         ):
             return None
         try:
-            return self.device.read_extents(lba, count)
-        except Exception:
+            return self.device.read_extents(lba, count)  # type: ignore[return-value]
+        except Exception:  # a synchronous device (checked above): extents or an error
             return None
 
     def plain_write(self, cdb: bytes, nbytes: int, nexus: Nexus) -> int:
@@ -295,6 +344,7 @@ class LogicalUnit(BlockCommands):
             or not 0 < count <= self.max_transfer
             or lba + count > self.num_blocks
             or not self._wce
+            or self.asynchronous
             or self._write_protect is not None
             or (self._ua and self._ua.get(nexus))
             or self.reservations.active

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ..blockdev import BlockDevice, Buffer
+from ..blockdev import BlockDevice, Buffer, Pending
 from .common import Nexus, ScsiResult
 from .constants import (
     INVALID_FIELD_IN_INFORMATION_UNIT,
@@ -49,6 +49,10 @@ _WRITE_SAME_CHUNK = 1 << 20
 _MAX_LBA_STATUS_DESCRIPTORS = 512
 
 DataOut = Buffer | None
+
+
+def _read_result(data: Any) -> ScsiResult:
+    return ScsiResult(GOOD, data=data)
 
 
 def _first_difference(a: Buffer, b: Buffer) -> int:
@@ -90,6 +94,25 @@ class BlockCommands:
         if wp is not None:
             raise ScsiError(SenseKey.DATA_PROTECT, wp)
 
+    def _written(self, done: Pending | None, flush: bool) -> ScsiResult:
+        """GOOD once the device finished ``done`` (None: it already has)."""
+        if done is None:
+            return ScsiResult(GOOD, flush=flush)
+        return ScsiResult(GOOD, pending=done.then(lambda _: ScsiResult(GOOD, flush=flush)))
+
+    def _with_data(self, lba: int, count: int, fn: Any) -> ScsiResult:
+        """``fn(current data)`` -> ScsiResult, now or once an asynchronous device sent
+        the data (a ScsiResult that is itself pending is waited for)."""
+        got = self.device.read(lba, count)
+        if not isinstance(got, Pending):
+            return fn(got)  # type: ignore[no-any-return]
+
+        def step(current: bytes) -> Any:
+            r = fn(current)
+            return r.pending if r.pending is not None else r
+
+        return ScsiResult(GOOD, pending=got.then(step))
+
     def _miscompare(self, offset: int) -> ScsiError:
         return ScsiError(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, information=offset)
 
@@ -101,7 +124,10 @@ class BlockCommands:
             raise lba_out_of_range()
         if count == 0:
             return ScsiResult(GOOD)
-        return ScsiResult(GOOD, data=self.device.read_extents(lba, count))
+        data = self.device.read_extents(lba, count)
+        if isinstance(data, Pending):
+            return ScsiResult(GOOD, pending=data.then(_read_result))
+        return ScsiResult(GOOD, data=data)
 
     def cmd_read6(self, cdb: bytes, data_out: DataOut, nexus: Nexus) -> ScsiResult:
         lba = _RW6.unpack_from(cdb, 0)[0] & 0x1FFFFF
@@ -148,8 +174,7 @@ class BlockCommands:
                     return ScsiResult(GOOD)
                 need = count * self.block_size
             data_out = memoryview(data_out)[:need]
-        self.device.write(lba, data_out)
-        return ScsiResult(GOOD, flush=fua or not self._wce)
+        return self._written(self.device.write(lba, data_out), fua or not self._wce)
 
     def cmd_write6(self, cdb: bytes, data_out: DataOut, nexus: Nexus) -> ScsiResult:
         lba = _RW6.unpack_from(cdb, 0)[0] & 0x1FFFFF
@@ -225,10 +250,13 @@ class BlockCommands:
             if have < bs:
                 return ScsiResult(GOOD)
             expected = bytes(memoryview(data_out)[:bs]) * count
-        current = self.device.read(lba, count)
-        if current != expected:
-            raise self._miscompare(_first_difference(current, expected))
-        return ScsiResult(GOOD)
+
+        def compare(current: bytes) -> ScsiResult:
+            if current != expected:
+                raise self._miscompare(_first_difference(current, expected))
+            return ScsiResult(GOOD)
+
+        return self._with_data(lba, count, compare)
 
     def cmd_verify10(self, cdb: bytes, data_out: DataOut, nexus: Nexus) -> ScsiResult:
         lba, count = _RW10.unpack_from(cdb)
@@ -260,11 +288,15 @@ class BlockCommands:
         if count == 0 or data_out is None:
             return ScsiResult(GOOD)
         view = memoryview(data_out)
-        current = self.device.read(lba, count)
-        if current != view[:half]:
-            raise self._miscompare(_first_difference(current, view[:half]))
-        self.device.write(lba, view[half:])
-        return ScsiResult(GOOD, flush=bool(flags & 0x08) or not self._wce)
+
+        def compare_and_write(current: bytes) -> ScsiResult:
+            if current != view[:half]:
+                raise self._miscompare(_first_difference(current, view[:half]))
+            return self._written(
+                self.device.write(lba, view[half:]), bool(flags & 0x08) or not self._wce
+            )
+
+        return self._with_data(lba, count, compare_and_write)
 
     # ------------------------------------------------------------------ WRITE SAME
     def _write_same(
@@ -292,17 +324,19 @@ class BlockCommands:
         if unmap and (pattern is None or not any(memoryview(pattern))):
             # Deallocated blocks read as zeros (LBPRZ 1), which is exactly this
             # pattern; any other pattern is written, as a read must return it.
-            self.device.unmap(lba, count)
-            return ScsiResult(GOOD, flush=not self._wce)
+            return self._written(self.device.unmap(lba, count), not self._wce)
         block = bytes(bs) if pattern is None else bytes(memoryview(pattern))
         per_chunk = max(1, min(count, _WRITE_SAME_CHUNK // bs))
         chunk = memoryview(block * per_chunk)
         done = 0
+        pending: list[Pending] = []
         while done < count:
             n = min(per_chunk, count - done)
-            self.device.write(lba + done, chunk[: n * bs])
+            p = self.device.write(lba + done, chunk[: n * bs])
+            if isinstance(p, Pending):
+                pending.append(p)
             done += n
-        return ScsiResult(GOOD, flush=not self._wce)
+        return self._written(Pending.gather(pending) if pending else None, not self._wce)
 
     def cmd_write_same10(self, cdb: bytes, data_out: DataOut, nexus: Nexus) -> ScsiResult:
         flags = cdb[1]
@@ -346,9 +380,12 @@ class BlockCommands:
         if total > self.max_unmap_lbas:
             raise invalid_param(8)
         self._check_writable()
+        pending: list[Pending] = []
         for lba, count in ranges:
-            self.device.unmap(lba, count)
-        return ScsiResult(GOOD)
+            p = self.device.unmap(lba, count)
+            if isinstance(p, Pending):
+                pending.append(p)
+        return self._written(Pending.gather(pending) if pending else None, False)
 
     # ------------------------------------------------------------------ GET LBA STATUS
     def get_lba_status(self, cdb: bytes) -> ScsiResult:
@@ -364,6 +401,15 @@ class BlockCommands:
             limit = min(nb - cur, 0xFFFFFFFF)
             if self.thin:
                 st = self.device.lba_status(cur, limit)
+                if isinstance(st, Pending):
+                    # asked of a replica: one descriptor (the device server may
+                    # return fewer than the allocation length allows)
+                    def one(got: Any, start: int = cur, limit: int = limit) -> ScsiResult:
+                        n = max(1, min(got.count, limit))
+                        desc = _LBA_STATUS.pack(start, n, 1 if got.deallocated else 0)
+                        return ScsiResult(GOOD, data=(_U32.pack(20) + bytes(4) + desc)[:alloc])
+
+                    return ScsiResult(GOOD, pending=st.then(one))
                 count = max(1, min(st.count, limit))
                 state = 1 if st.deallocated else 0
             else:

@@ -96,6 +96,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.writing = False
         self.paused = False
         self.flushing = False
+        self.output_soon = False
         # receiving a payload (Data-Out or immediate data) into its write buffer (``_start_sink``)
         self.sink: memoryview | None = None
         self.sink_got = 0
@@ -128,6 +129,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             asyncio.get_running_loop().call_soon(self.portal.cold_reset)
 
         self.conn.on_cold_reset = cold_reset
+        self.conn.on_output = self._output_later
         self.portal.connections.add(self)
         log.debug("event=connect peer=%s", peer)
 
@@ -215,6 +217,18 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     def tick(self, elapsed: float) -> None:
         self.conn.tick(elapsed)
         self.after_feed()
+
+    def _output_later(self) -> None:
+        """Responses appeared outside ``buffer_updated`` (an asynchronous device
+        finished commands): send them once this turn of the loop is over, together."""
+        if not self.output_soon:
+            self.output_soon = True
+            asyncio.get_running_loop().call_soon(self._output_now)
+
+    def _output_now(self) -> None:
+        self.output_soon = False
+        if self.fd >= 0:
+            self.after_feed()
 
     def abort(self) -> None:
         if self.transport is not None:
