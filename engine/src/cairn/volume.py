@@ -86,6 +86,10 @@ class SeqAllocator:
         """The durable reservation: no number above it has been handed out."""
         return self._reserved
 
+    def advance(self, floor: int) -> None:
+        """Hand out only numbers above ``floor`` from now on (a replica reported it)."""
+        self._next = max(self._next, floor + 1)
+
     def next(self) -> int:
         seq = self._next
         if seq > self._reserved:

@@ -9,6 +9,7 @@ import sys
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cairn.iscsi.chap import ChapConfig, load_chap_file
 from cairn.iscsi.targets import Acl, StaticDirectory, TargetSpec
@@ -25,7 +26,7 @@ class ServeError(Exception):
 class ServeOptions:
     volume: str
     size: int
-    data: Path
+    data: Path | None
     portal: str
     iqn: str
     block_size: int = 512
@@ -33,6 +34,15 @@ class ServeOptions:
     allow_initiator: list[str] = field(default_factory=list)
     store: str = "embedded"
     nop_interval: float = 5.0
+    # replication (docs/replication.md): with replicas, ``data`` is not used
+    replicas: list[str] = field(default_factory=list)
+    consistency_factor: int | None = None
+    state_dir: Path | None = None
+    secret_file: Path | None = None
+    hold_time: float = 20.0
+    replica_timeout: float = 5.0
+    status_listen: str | None = None
+    rebuild_rate: int = 0
 
 
 def parse_portal(portal: str) -> tuple[str, int]:
@@ -66,6 +76,8 @@ def open_device(opts: ServeOptions) -> tuple[LocalVolume, uuidlib.UUID]:
         null = NullStore(opts.size, opts.block_size)
         null_uuid = uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"cairn-null:{opts.volume}")
         return LocalVolume(null, MemorySeqSource()), null_uuid
+    if opts.data is None:
+        raise ServeError("a volume without replicas needs --data")
     try:
         pool = EmbeddedPool(opts.data)
         store = pool.open_or_create(opts.volume, opts.size, opts.block_size)
@@ -73,6 +85,42 @@ def open_device(opts: ServeOptions) -> tuple[LocalVolume, uuidlib.UUID]:
     except StoreError as e:
         raise ServeError(str(e)) from e
     return LocalVolume(store, seqs), uuidlib.UUID(str(store.uuid))
+
+
+def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
+    """The replicated volume over ``opts.replicas`` and a connector per replica (not
+    started yet)."""
+    from cairn.blockdev import StoreError
+    from cairn.replication.volume import ReplicatedVolume
+    from cairn.target.replicas import Connector, TargetState, load_secret, parse_address
+    from cairn.volume import SeqAllocator
+
+    if opts.state_dir is None:
+        raise ServeError("a replicated volume needs --state-dir (sequence numbers, trust)")
+    if opts.size % opts.block_size:
+        raise ServeError(f"--size must be a multiple of the block size {opts.block_size}")
+    try:
+        for a in opts.replicas:
+            parse_address(a)
+        secret = load_secret(opts.secret_file) if opts.secret_file is not None else None
+        state = TargetState(opts.state_dir, opts.volume)
+        seqs = SeqAllocator(opts.state_dir / f"{opts.volume}.seq")
+        device = ReplicatedVolume(
+            opts.volume,
+            opts.size,
+            opts.block_size,
+            opts.replicas,
+            seqs,
+            state,
+            consistency_factor=opts.consistency_factor,
+            hold_time=opts.hold_time,
+            replica_timeout=opts.replica_timeout,
+        )
+    except (ValueError, StoreError) as e:
+        raise ServeError(str(e)) from e
+    device.rebuild_rate = opts.rebuild_rate
+    connectors = [Connector(device, a, opts.size, opts.block_size, secret) for a in opts.replicas]
+    return device, state.uuid, connectors
 
 
 async def run(opts: ServeOptions) -> int:
@@ -92,7 +140,11 @@ async def run(opts: ServeOptions) -> int:
     except ValueError as e:
         raise ServeError(str(e)) from e
 
-    device, vol_uuid = open_device(opts)
+    connectors: list[Any] = []
+    if opts.replicas:
+        device, vol_uuid, connectors = open_replicated(opts)
+    else:
+        device, vol_uuid = open_device(opts)
     lu = LogicalUnit(device, serial=vol_uuid.hex[:16], naa=naa_from_uuid(vol_uuid), thin=True)
     scsi = ScsiTarget({0: lu})
     spec = TargetSpec(iqn=iqn, chap=chap, acl=acl, alias=opts.volume)
@@ -108,6 +160,22 @@ async def run(opts: ServeOptions) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ticker = None
+    status_server = None
+    if connectors:
+        for c in connectors:
+            c.start()
+
+        def tick() -> None:
+            nonlocal ticker
+            device.tick()
+            ticker = loop.call_later(0.1, tick)
+
+        ticker = loop.call_later(0.1, tick)
+        if opts.status_listen:
+            from cairn.target.api import start_status_server
+
+            status_server = await start_status_server(opts.status_listen, device, connectors)
     log.info(
         "event=serving volume=%s iqn=%s portal=%s:%d size=%d block_size=%d store=%s "
         "chap=%s acl_entries=%d",
@@ -126,8 +194,16 @@ async def run(opts: ServeOptions) -> int:
     await stop.wait()
     log.info("event=stopping volume=%s", opts.volume)
     await portal.stop()
-    await loop.run_in_executor(None, device.flush)
-    device.close()
+    if connectors:
+        if ticker is not None:
+            ticker.cancel()
+        if status_server is not None:
+            status_server.close()
+        for c in connectors:
+            await c.stop()
+    else:
+        await loop.run_in_executor(None, device.flush)
+        device.close()
     log.info("event=stopped volume=%s", opts.volume)
     return 0
 
