@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cairn import __version__
+from cairn.pool import cli as pool_cli
 from cairn.units import parse_size
 
 EXIT_USAGE = 2
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds of silence before the target pings an initiator (0: never)",
     )
+    pool_cli.add_parser(sub)
     return parser
 
 
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             nop_interval=args.nop_interval,
         )
         return serve(opts)
+    if args.group == "pool":
+        return pool_cli.run(args)
     parser.error("unknown command")
     return EXIT_USAGE
 
