@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cairn import __version__
+from cairn.cli import volume as volume_cli
 from cairn.pool import cli as pool_cli
 from cairn.units import parse_size
 
@@ -58,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--data",
-        required=True,
         type=Path,
-        help="directory of the embedded store (created when absent)",
+        default=None,
+        help="directory of the embedded store (created when absent); required without --replica",
     )
     serve.add_argument("--portal", default="127.0.0.1:3260", help="HOST:PORT to listen on")
     serve.add_argument("--iqn", required=True, help="the target's iSCSI name (iqn....)")
@@ -98,7 +99,63 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds of silence before the target pings an initiator (0: never)",
     )
+    rep = serve.add_argument_group(
+        "replication", "replicas on pool servers (docs/replication.md); replaces --data"
+    )
+    rep.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a pool server holding a replica of the volume; repeat for each replica",
+    )
+    rep.add_argument(
+        "--consistency-factor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="healthy replicas that must have a write before it is acknowledged "
+        "(default: a majority, floor(RF/2)+1)",
+    )
+    rep.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the target keeps its sequence numbers, the volume UUID and which "
+        "replicas are trusted",
+    )
+    rep.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help="shared secret of the pool servers (HMAC authentication)",
+    )
+    rep.add_argument(
+        "--hold-time",
+        type=float,
+        default=20.0,
+        help="seconds a write waits for quorum before it fails",
+    )
+    rep.add_argument(
+        "--replica-timeout",
+        type=float,
+        default=5.0,
+        help="seconds without an answer after which a replica is degraded",
+    )
+    rep.add_argument(
+        "--rebuild-rate",
+        type=_size,
+        default=0,
+        help="bytes per second one rebuild may copy (K/M/G suffixes; 0: no limit)",
+    )
+    rep.add_argument(
+        "--status-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the volume's status and replica scaling API (HTTP/JSON) here",
+    )
     pool_cli.add_parser(sub)
+    volume_cli.add_parser(sub)
     return parser
 
 
@@ -113,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.size <= 0:
             parser.error("--size must be positive")
+        if not args.replica and args.data is None:
+            parser.error("--data is required without --replica")
+        if args.replica and args.store != "embedded":
+            parser.error("--store null cannot be combined with --replica")
         opts = ServeOptions(
             volume=args.volume,
             size=args.size,
@@ -124,10 +185,20 @@ def main(argv: list[str] | None = None) -> int:
             allow_initiator=args.allow_initiator,
             store=args.store,
             nop_interval=args.nop_interval,
+            replicas=args.replica,
+            consistency_factor=args.consistency_factor,
+            state_dir=args.state_dir,
+            secret_file=args.secret_file,
+            hold_time=args.hold_time,
+            replica_timeout=args.replica_timeout,
+            status_listen=args.status_listen,
+            rebuild_rate=args.rebuild_rate,
         )
         return serve(opts)
     if args.group == "pool":
         return pool_cli.run(args)
+    if args.group == "volume":
+        return volume_cli.run(args)
     parser.error("unknown command")
     return EXIT_USAGE
 

@@ -99,10 +99,10 @@ class Rebuild:
             lambda tag: wire.encode(
                 Op.DIFF, tag=tag, seq=self.threshold, offset=pos * bs, length=n * bs
             ),
-            lambda src, msg: self._scanned(n, msg),
+            lambda src, msg: self._scanned(msg),
         )
 
-    def _scanned(self, n: int, msg: wire.Message | None) -> None:
+    def _scanned(self, msg: wire.Message | None) -> None:
         if self.aborted or msg is None:
             return
         if msg.status != Status.OK:
@@ -116,7 +116,12 @@ class Rebuild:
                 self.runs.append((lba, k))
                 lba += k
                 count -= k
-        self.scan_pos += n
+        # the reply says how much of the range it covers (a long list of runs is cut)
+        covered = msg.length // self.volume.block_size
+        if covered <= 0:
+            self._fail(f"DIFF on {self.source.address} covered nothing")
+            return
+        self.scan_pos += covered
         self._scan()
 
     def _pump(self) -> None:

@@ -73,6 +73,8 @@ class Replica:
     high_seq: int = 0  # the highest number it held when it opened
     prefix: int = 0  # it holds every write numbered up to this (when it opened)
     covered: int = 0  # every write numbered up to this is on it (rebuild or applied)
+    acked_seq: int = 0  # the highest number it has answered for (kept across restarts)
+    lost_writes: bool = False  # it came back without writes it had answered for
     reason: str = ""
     inflight: dict[int, _Op] = field(default_factory=dict)
     inflight_bytes: int = 0
@@ -121,6 +123,10 @@ class StateStore(Protocol):
 
     def save_trusted(self, addresses: set[str]) -> None: ...
 
+    def watermarks(self) -> dict[str, int]: ...
+
+    def save_watermarks(self, marks: dict[str, int]) -> None: ...
+
 
 class ReplicatedVolume:
     """``BlockDevice`` over the replicas at ``addresses`` (asynchronous)."""
@@ -161,7 +167,12 @@ class ReplicatedVolume:
         self._seqs = seqs
         self._state = state
         trusted = state.trusted()
-        self.replicas = [Replica(a, trusted=a in trusted) for a in addresses]
+        marks = state.watermarks()
+        self.replicas = [
+            Replica(a, trusted=a in trusted, acked_seq=marks.get(a, 0)) for a in addresses
+        ]
+        self._marks_saved = dict(marks)
+        self._marks_due = 0.0
         self._by_address = {r.address: r for r in self.replicas}
         self._tag = 0
         self.last_seq = 0
@@ -367,6 +378,20 @@ class ReplicatedVolume:
         r.prefix = int(meta.get("prefix", clean)) if meta.get("rebuilding") else clean
         r.state = DEGRADED
         r.reason = "connected, not yet rebuilt"
+        r.lost_writes = r.prefix < r.acked_seq
+        if r.lost_writes:
+            # restored from an old copy, or its disk lost data: it may lack writes it
+            # confirmed, so it must not vote in an election; a rebuild repairs it
+            r.reason = (
+                f"came back complete only up to seq {r.prefix} but had confirmed "
+                f"{r.acked_seq}: stale data"
+            )
+            log.warning(
+                "event=replica_stale volume=%s replica=%s reason=%r",
+                self.name,
+                address,
+                r.reason,
+            )
         r.attached_at = self._clock()
         if r.high_seq > self.last_seq:
             self.last_seq = r.high_seq
@@ -455,13 +480,14 @@ class ReplicatedVolume:
             if r.state == DEGRADED and r.link is not None and r.rebuild is None
         ]
         if not healthy:
-            attached = [r for r in self.replicas if r.link is not None]
+            attached = [r for r in self.replicas if r.link is not None and not r.lost_writes]
             if len(attached) < self.cf:
                 return
             best = max(attached, key=lambda r: (r.prefix, r.trusted))
             if best.rebuild is not None:
                 rb, best.rebuild = best.rebuild, None
                 rb.abort("elected as the reference")
+            self._elected(best)
             self._become_healthy(
                 best,
                 best.prefix,
@@ -495,8 +521,24 @@ class ReplicatedVolume:
             r.rebuild = Rebuild(self, r, source)
             r.rebuild.start()
 
+    def _elected(self, best: Replica) -> None:
+        """``best`` holds every write up to its prefix and none after: writes numbered
+        above it that are still waiting reached no healthy replica, and never will
+        (sending them again could put old data over newer): they fail."""
+        for op in list(self._ops.values()):
+            if not op.done and op.kind != FLUSH and op.seq > best.prefix:
+                op.done = True
+                self._ops.pop(op.tag, None)
+                op.pending.fail(
+                    QuorumError(
+                        f"volume {self.name}: the replicas that took this write were lost "
+                        "before enough of them had it"
+                    )
+                )
+
     def _become_healthy(self, r: Replica, covered: int, why: str) -> None:
         r.state = HEALTHY
+        r.lost_writes = False
         r.reason = ""
         r.covered = covered
         if not r.trusted:
@@ -562,6 +604,8 @@ class ReplicatedVolume:
             op.pending.resolve(msg.data)
             return
         r.stats["writes"] += 1
+        if op.seq > r.acked_seq and r.state == HEALTHY:
+            r.acked_seq = op.seq  # what it confirmed while its answer counted
         op.acked.add(r)
         if not op.done:
             self._check(op)
@@ -591,6 +635,14 @@ class ReplicatedVolume:
         for r in self.replicas:
             if r.rebuild is not None:
                 r.rebuild.tick(now)
+        if now >= self._marks_due:
+            self._marks_due = now + 5.0
+            marks = {r.address: r.acked_seq for r in self.replicas if r.acked_seq}
+            if marks != self._marks_saved:
+                # lags by up to 5 s: a replica that comes back after a target restart
+                # with less than this is known to have lost data
+                self._state.save_watermarks(marks)
+                self._marks_saved = marks
 
     # ------------------------------------------------------------------ scale
     def add_replica(self, address: str) -> Replica:
@@ -670,7 +722,7 @@ class ReplicatedVolume:
                     "state": r.state,
                     "trusted": r.trusted,
                     "reason": r.reason,
-                    "high_seq": r.high_seq,
+                    "seq": max(r.high_seq, r.acked_seq, r.covered),
                     "inflight": len(r.inflight),
                     "rebuild": r.rebuild.progress() if r.rebuild is not None else None,
                     "stats": dict(r.stats),

@@ -62,6 +62,14 @@ class TargetState:
         self.doc["trusted"] = sorted(addresses)
         atomic_write_json(self.path, self.doc)
 
+    def watermarks(self) -> dict[str, int]:
+        marks = self.doc.get("acked", {})
+        return {str(k): int(v) for k, v in marks.items()} if isinstance(marks, dict) else {}
+
+    def save_watermarks(self, marks: dict[str, int]) -> None:
+        self.doc["acked"] = dict(sorted(marks.items()))
+        atomic_write_json(self.path, self.doc)
+
 
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")

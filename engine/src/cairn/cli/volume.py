@@ -1,0 +1,108 @@
+"""``cairn volume ...``: ask a replicating target about its volume, scale its replicas.
+
+These talk to the target's HTTP/JSON API (``target serve --status-listen HOST:PORT``,
+docs/replication.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+from typing import Any
+
+EXIT_FAILED = 1
+
+
+def add_parser(sub: Any) -> None:
+    volume = sub.add_parser(
+        "volume",
+        help="inspect a replicated volume and scale its replicas",
+        description="Inspect a replicated volume through its target's API (--status-listen).",
+    )
+    vsub = volume.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = vsub.add_parser("status", help="the volume's state and each replica's")
+    status.add_argument("--target", required=True, metavar="HOST:PORT", help="the target's API")
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    for name, what in (
+        ("add", "add a replica (it is rebuilt, then votes)"),
+        ("remove", "remove a replica (quorum is recomputed)"),
+    ):
+        p = vsub.add_parser(f"replica-{name}", help=what, description=what)
+        p.add_argument("--target", required=True, metavar="HOST:PORT", help="the target's API")
+        p.add_argument("replica", metavar="HOST:PORT", help="the replica's pool server")
+
+
+def _call(target: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--target {target!r} must be HOST:PORT")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(
+            method,
+            path,
+            body=payload,
+            headers={"Content-Type": "application/json"} if payload else {},
+        )
+        resp = conn.getresponse()
+        doc = json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise ValueError(doc.get("error", f"HTTP {resp.status}"))
+    return doc
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+def print_status(doc: dict[str, Any]) -> None:
+    print(
+        f"volume {doc['volume']}: {doc['state']}, {_human(doc['size'])}, "
+        f"RF {doc['replication_factor']}, CF {doc['consistency_factor']}, "
+        f"{'writable' if doc['writable'] else 'NOT writable'}, last seq {doc['last_seq']}"
+    )
+    if doc.get("reason"):
+        print(f"  why: {doc['reason']}")
+    if doc.get("held_writes"):
+        print(f"  writes waiting for quorum: {doc['held_writes']}")
+    print(f"  {'REPLICA':24} {'STATE':11} {'SEQ':>10}  REBUILD / REASON")
+    for r in doc["replicas"]:
+        extra = r.get("reason", "")
+        rb = r.get("rebuild")
+        if rb:
+            total = rb.get("total_bytes")
+            pct = f"{100 * rb['done_bytes'] / total:.0f}%" if total else "scanning"
+            eta = f", ETA {rb['eta_s']} s" if rb.get("eta_s") is not None else ""
+            extra = (
+                f"{pct} from {rb['source']} ({_human(rb['done_bytes'])}"
+                f" at {_human(rb['rate_bytes_per_s'])}/s{eta})"
+            )
+        print(f"  {r['address']:24} {r['state']:11} {r['seq']:>10}  {extra}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "status":
+            doc = _call(args.target, "GET", "/status")
+            if args.json:
+                json.dump(doc, sys.stdout, indent=1)
+                print()
+            else:
+                print_status(doc)
+            return 0
+        key = "add" if args.action == "replica-add" else "remove"
+        doc = _call(args.target, "POST", "/replicas", {key: args.replica})
+        print(json.dumps(doc))
+        return 0
+    except (OSError, ValueError) as e:
+        print(f"cairn: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
