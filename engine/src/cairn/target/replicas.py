@@ -164,6 +164,8 @@ class ReplicaLink(asyncio.Protocol):
     # -- handshake -----------------------------------------------------------------
     async def request(self, op: int, payload: dict[str, Any]) -> wire.Message:
         assert self.transport is not None
+        if self.closed:
+            raise ConnectionError("connection closed by the pool server")
         self.handshake = asyncio.get_running_loop().create_future()
         self.transport.writelines(wire.encode(op, tag=0, data=wire.json_payload(payload)))
         return await asyncio.wait_for(self.handshake, HANDSHAKE_TIMEOUT)
@@ -214,7 +216,15 @@ class Connector:
                 await self._connect()
                 self.backoff = BACKOFF_MIN
                 return
-            except (TimeoutError, OSError, ConnectionError, ValueError) as e:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not isinstance(e, TimeoutError | OSError | ConnectionError | ValueError):
+                    log.exception(
+                        "event=replica_connect_error volume=%s replica=%s",
+                        self.volume.name,
+                        self.address,
+                    )
                 reason = str(e) or type(e).__name__
                 if reason != self.last_error:
                     log.warning(
