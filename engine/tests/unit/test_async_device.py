@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cairn.blockdev import LbaStatus, Pending, QuorumError
 from cairn.iscsi.connection import Connection
@@ -68,20 +69,21 @@ class AsyncDevice(MemDevice):
         return self._later(super().lba_status, lba, max_count)
 
 
-def side(dev: MemDevice) -> tuple[Connection, LogicalUnit, MemDevice]:
+def side(dev: MemDevice, fast: bool = False) -> tuple[Connection, LogicalUnit, MemDevice]:
     unit = LogicalUnit(dev, serial="0123456789abcdef", naa=NAA, thin=True)
     conn, _ = make_connection(backend=ScsiTarget({0: unit}))  # type: ignore[arg-type]
     assert plain_login(conn).login_status == 0
-    conn._fast = None  # the synchronous side runs the full path too
+    if not fast:
+        conn._fast = None  # the synchronous side runs the full path
     return conn, unit, dev
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commands)
-def test_an_asynchronous_device_answers_like_a_synchronous_one(cmds):
+@given(commands, st.booleans())
+def test_an_asynchronous_device_answers_like_a_synchronous_one(cmds, fast):
     sync = side(MemDevice(NB, BS))
     adev = AsyncDevice(NB, BS)
-    asyn = side(adev)
+    asyn = side(adev, fast)  # its fast lane takes plain writes (and waits for the device)
     assert asyn[1].asynchronous and not sync[1].asynchronous
     outputs: list[list] = [[], []]
     for i, cmd in enumerate(cmds):

@@ -55,6 +55,19 @@ STATUS_CHECK_CONDITION = 0x02
 _SENSE_DATA_SEQUENCE = bytes((0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0))
 
 
+class _Good:
+    """The result of a plain write that succeeded (what ``_respond`` reads of it)."""
+
+    status = STATUS_GOOD
+    sense = b""
+    data = None
+    flush = False
+    pending = None
+
+
+_GOOD = _Good()
+
+
 def _serial_lt(a: int, b: int) -> bool:
     """RFC 1982 serial number arithmetic, 32 bits."""
     return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
@@ -494,12 +507,38 @@ class Connection:
                     fast.release_write_buffer(lent[0])
                 else:
                     self._give_buffer(buf)
+        if type(ok) is not bool:  # an asynchronous device: each answer waits for it
+            self._hold_batch(ok, batch)
+            return
         for itt, cdb, data in batch:
             if ok:
                 self._scsi_response(itt, STATUS_GOOD, b"", 0x80, 0)
             else:
                 n = len(data)
                 self._execute_write(0, itt, _NO_LUN, cdb, data, n, False, n)
+
+    def _hold_batch(self, pending: Any, batch: list[tuple[int, bytes, memoryview]]) -> None:
+        """Answer the gathered writes once the device finished them (the device keeps
+        its own copy of the data); an abort or a lost connection drops the answers."""
+        held = [
+            (FlushRequest(0, itt, None, len(data), _NO_LUN, False, len(data)), cdb)
+            for itt, cdb, data in batch
+        ]
+        for h, _cdb in held:
+            self._pending_flush.add(h)
+
+        def done(p: Any) -> None:
+            fast = self._fast
+            for h, cdb in held:
+                if p.error is None:
+                    result = _GOOD
+                elif fast is not None:
+                    result = fast.error_result(p.error, cdb)
+                else:
+                    continue
+                self._device_done(h, result)
+
+        pending.add_done_callback(done)
 
     def _scsi_command_ordered(self, bhs: bytes, ahs: bytes, data: memoryview) -> None:
         _, flags, _, _, _, _, lun_raw, itt, edtl, _, _, cdb = _CMD.unpack(bhs)

@@ -233,7 +233,10 @@ class ReplicatedVolume:
 
     def write(self, lba: int, data: Buffer, fua: bool = False) -> Pending:
         # the caller reuses its buffer once this returns: the links keep this copy
-        op = _Op(WRITE, lba, len(data) // self._bs, bytes(data), self._clock() + self.hold_time)
+        # Sent at once (the links write it before this returns, or copy what the
+        # socket does not take), so the caller's buffer is not kept; a held write is
+        # copied, since it leaves later.
+        op = _Op(WRITE, lba, len(data) // self._bs, data, self._clock() + self.hold_time)
         self.stats["writes"] += 1
         self.stats["write_bytes"] += len(data)
         self._submit(op)
@@ -257,6 +260,8 @@ class ReplicatedVolume:
     # ------------------------------------------------------------------ writes
     def _submit(self, op: _Op) -> None:
         if self._held or not self.writable:
+            if op.data is not None and type(op.data) is not bytes:
+                op.data = bytes(op.data)
             if not self._held:
                 log.warning(
                     "event=writes_held volume=%s reason=%r", self.name, self.why_not_writable()
@@ -292,9 +297,10 @@ class ReplicatedVolume:
         self._ops[tag] = op
         now = self._clock()
         op.sent_at = now
-        size = len(op.data) if op.data is not None else 0
+        size = op.count * self._bs if op.kind == WRITE else 0
         for r in to:
             self._send(r, msg, op, size)
+        op.data = None  # on its way (or copied by the links): not kept
         self._check(op)
 
     def _send(self, r: Replica, msg: list[Any], op: _Op, size: int) -> None:
@@ -585,8 +591,8 @@ class ReplicatedVolume:
         op = r.inflight.pop(msg.tag, None)
         if op is None:
             return
-        if op.data is not None and op.kind == WRITE:
-            r.inflight_bytes -= len(op.data)
+        if op.kind == WRITE:
+            r.inflight_bytes -= op.count * self._bs
         if msg.status != Status.OK:
             error = _reply_error(msg)
             r.stats["errors"] += 1

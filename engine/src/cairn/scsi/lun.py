@@ -344,7 +344,6 @@ class LogicalUnit(BlockCommands):
             or not 0 < count <= self.max_transfer
             or lba + count > self.num_blocks
             or not self._wce
-            or self.asynchronous
             or self._write_protect is not None
             or (self._ua and self._ua.get(nexus))
             or self.reservations.active
@@ -353,15 +352,24 @@ class LogicalUnit(BlockCommands):
             return -1
         return lba
 
-    def write_blocks(self, lba: int, data: memoryview) -> bool:
+    def write_blocks(self, lba: int, data: memoryview) -> bool | Pending:
         """Write whole blocks at ``lba`` (writes ``plain_write`` accepted, one or several
         in a row): True when done, False after a store error (run them through
-        ``execute`` then, which writes again and reports the error)."""
+        ``execute`` then, which writes again and reports the error).  An asynchronous
+        device gives a Pending instead (its error: see ``error_result``)."""
         try:
-            self.device.write(lba, data)
-        except Exception:
+            done = self.device.write(lba, data)
+        except Exception as e:
+            if self.asynchronous:
+                failed = Pending()
+                failed.fail(e)
+                return failed
             return False
-        return True
+        return done if done is not None else True
+
+    def error_result(self, error: Exception, cdb: bytes) -> ScsiResult:
+        """The status of a plain WRITE that failed with ``error``."""
+        return self._error_result(error, cdb, ACCESS_WRITE)
 
     def write_buffer(self, nbytes: int) -> tuple[int, memoryview] | None:
         """A buffer lent by the device to receive ``nbytes`` of data-out into (a write

@@ -30,6 +30,7 @@ log = logging.getLogger("cairn.target")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 HANDSHAKE_TIMEOUT = 10.0
+BIG = 16 << 10  # a payload this large is sent at once rather than at the end of the turn
 
 
 class TargetState:
@@ -92,21 +93,47 @@ class ReplicaLink(asyncio.Protocol):
         self.attached = False
         self.closed = False
         self.handshake: asyncio.Future[wire.Message] | None = None
+        self.fd = -1  # our own descriptor of the socket, for writev
 
     # -- Link ----------------------------------------------------------------------
     def send(self, parts: list[Any]) -> None:
+        """Queue a message; small ones leave together at the end of this turn of the
+        loop, one with a payload leaves now (with those before it): the caller's
+        buffer is then free when this returns."""
         if self.closed:
             return
         self.out += parts
-        if not self.flushing:
+        if len(parts) > 1 and len(parts[1]) >= BIG:
+            self._flush()
+        elif not self.flushing:
             self.flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flushing = False
         out, self.out = self.out, []
-        if out and self.transport is not None and not self.closed:
-            self.transport.writelines(out)
+        t = self.transport
+        if not out or t is None or self.closed:
+            return
+        if self.fd < 0 or t.get_write_buffer_size():
+            t.writelines(out)  # behind what is queued already: keep the order
+            return
+        # straight to the socket, one system call; the transport queues (copies) only
+        # what the socket does not take now
+        try:
+            sent = os.writev(self.fd, out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self.close(f"send failed: {e}")
+            return
+        for part in out:
+            n = len(part)
+            if sent >= n:
+                sent -= n
+                continue
+            t.write(memoryview(part)[sent:] if sent else part)
+            sent = 0
 
     def close(self, reason: str) -> None:
         if not self.closed:
@@ -131,6 +158,7 @@ class ReplicaLink(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            self.fd = os.dup(sock.fileno())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -154,6 +182,9 @@ class ReplicaLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self.handshake is not None and not self.handshake.done():
             self.handshake.set_exception(ConnectionError("connection closed by the pool server"))
         if self.attached:
