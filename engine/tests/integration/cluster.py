@@ -87,6 +87,7 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the connect timeout must not end an idle relay
             for s in (client, server):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:

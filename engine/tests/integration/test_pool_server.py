@@ -458,6 +458,33 @@ def test_two_connections_share_one_replica(shared_server):
         b.close()
 
 
+def test_a_newer_session_fences_the_older_connection(shared_server):
+    """A target that gave up on a connection opens a new one with a higher session:
+    whatever arrives late on the old one may no longer change the replica."""
+    old = shared_server.client()
+    new = shared_server.client()
+    try:
+        old.open("fenced-vol", 4 * MiB, session=5)
+        old.write(0, pattern(1, 4096), seq=10)
+        new.open("fenced-vol", 4 * MiB, session=6)
+        with pytest.raises(PoolError) as refused:
+            old.write(0, pattern(2, 4096), seq=11)
+        assert refused.value.status == Status.SUPERSEDED
+        assert "superseded" in refused.value.message
+        assert closed_by_peer(old.sock)
+        assert new.read(0, 4096) == pattern(1, 4096)  # the late write did not land
+        assert new.info()["clean_seq"] == 10  # and is not counted as a failed write
+        new.write(4096, pattern(3, 4096), seq=12)
+        late = shared_server.client()
+        with pytest.raises(PoolError) as again:
+            late.open("fenced-vol", 4 * MiB, session=5)
+        assert again.value.status == Status.SUPERSEDED
+        late.close()
+    finally:
+        old.disconnect()
+        new.close()
+
+
 # -- DIFF, READ_SEQS, REBUILD --------------------------------------------------------------
 
 

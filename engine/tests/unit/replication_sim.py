@@ -32,6 +32,7 @@ class MemReplica:
     clean_seq: int = 0
     no_space: bool = False
     pinned: bool = False  # a write failed: clean_seq stays until the replica is rebuilt
+    largest: int = 0  # the longest WRITE or READ asked of it, in bytes
 
     def seq_of(self, lba: int) -> int:
         return self.blocks.get(lba, (0, b""))[0]
@@ -52,6 +53,8 @@ class MemReplica:
             return wire.encode(m.op, tag=m.tag, status=status, data=data, reply=True)
 
         lba, n = m.offset // BS, m.length // BS
+        if m.op in (Op.WRITE, Op.READ):
+            self.largest = max(self.largest, m.length)
         if m.op == Op.WRITE:
             if self.no_space:
                 self.pinned = True

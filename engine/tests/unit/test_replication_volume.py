@@ -296,3 +296,19 @@ def test_random_faults_lose_no_acknowledged_write_and_read_nothing_stale(plan, s
     c.read(0, 32)
     w.run(100_000)
     c.final_check()
+
+
+def test_transfers_larger_than_a_message_are_split_and_put_back_together():
+    w, c = start(nblocks=6000)  # about 3 MiB
+    nb = 5000
+    data = b"".join(block(7, i) for i in range(nb))
+    p = w.volume.write(0, data)
+    w.run(100_000)
+    assert p.done and p.error is None
+    for rep in w.replicas:
+        assert rep.largest == 1 << 20
+        assert all(ident(rep.data_of(i)) == 7 for i in (0, 2047, 2048, 4999))
+    r = w.volume.read(0, nb)
+    w.run(100_000)
+    assert r.done and r.value == data
+    assert max(rep.largest for rep in w.replicas) == 1 << 20

@@ -201,12 +201,22 @@ class PoolClient:
             )
 
     def open(
-        self, volume: str, size: int, block_size: int = 512, create: bool = True
+        self,
+        volume: str,
+        size: int,
+        block_size: int = 512,
+        create: bool = True,
+        session: int | None = None,
     ) -> dict[str, Any]:
-        info = self._json(
-            Op.OPEN,
-            {"volume": volume, "size": size, "block_size": block_size, "create": create},
-        )
+        req: dict[str, Any] = {
+            "volume": volume,
+            "size": size,
+            "block_size": block_size,
+            "create": create,
+        }
+        if session is not None:
+            req["session"] = session
+        info = self._json(Op.OPEN, req)
         self.block_size = int(info.get("block_size", block_size))
         return info
 

@@ -68,6 +68,9 @@ class Replica:
         self.block_size = store.block_size
         self.shift = self.block_size.bit_length() - 1
         self.refs = 0
+        # the highest session an OPEN brought (the target's number for its connection):
+        # connections of older sessions may no longer change the replica
+        self.session = 0
         self.flushing = False
         self._flush_next: list[Callable[[BaseException | None], None]] = []
         self._idle_waiters: list[Callable[[], None]] = []

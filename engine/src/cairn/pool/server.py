@@ -154,6 +154,7 @@ class PoolProtocol(asyncio.BufferedProtocol):
         self.authed = server.secret is None
         self.challenge: bytes | None = None
         self.replica: Replica | None = None
+        self.session = 0  # what this connection's OPEN said (``Replica.session``)
         self.closing = False
         self.out_paused = False
         self.reading_paused = False
@@ -276,6 +277,21 @@ class PoolProtocol(asyncio.BufferedProtocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def _superseded(
+        self, opcode: int, tag: int, seq: int, offset: int, length: int, rep: Replica
+    ) -> None:
+        """A change sent on a connection that a newer one replaced (the target gave up on
+        this one): refused, and the connection closed, so that nothing late from it can
+        land on top of what the newer connection wrote.  Not a failure of the replica."""
+        message = (
+            f"superseded: session {self.session} of this connection is older than "
+            f"session {rep.session} that opened the replica since"
+        )
+        self._reply(
+            opcode, tag, seq, offset, length, Status.SUPERSEDED, json_payload({"error": message})
+        )
+        self._close_now("superseded", message)
 
     def _close_now(self, event: str, reason: str) -> None:
         log.warning(
@@ -439,6 +455,9 @@ class PoolProtocol(asyncio.BufferedProtocol):
         self, opcode: int, tag: int, seq: int, offset: int, length: int, payload: memoryview
     ) -> None:
         rep = self.replica
+        if rep is not None and self.session < rep.session and opcode in _CHANGES:
+            self._superseded(opcode, tag, seq, offset, length, rep)
+            return
         try:
             if opcode == _WRITE:  # the hot path first, inline
                 if rep is None:
@@ -646,6 +665,9 @@ class PoolProtocol(asyncio.BufferedProtocol):
                 Status.BAD_REQUEST,
                 "OPEN needs size and block_size as integers and create as a boolean",
             )
+        session = req.get("session", 0)
+        if not _is_int(session) or session < 0:
+            raise Refused(Status.BAD_REQUEST, "OPEN's session must be a non-negative integer")
         replicas = self.server.replicas
         old = self.replica
         if old is not None and old.name == name:
@@ -657,6 +679,13 @@ class PoolProtocol(asyncio.BufferedProtocol):
             self.replica = rep
             if old is not None:
                 replicas.release(old)
+        if session < rep.session:
+            raise Refused(
+                Status.SUPERSEDED,
+                f"session {session} is older than session {rep.session} that has the replica open",
+            )
+        rep.session = session
+        self.session = session
         log.debug(
             "event=volume_bound pool=%s volume=%s peer=%s client=%r",
             self.server.name,
@@ -844,6 +873,9 @@ def _op_name(opcode: int) -> str:
     except ValueError:
         return str(opcode)
 
+
+# requests that change a replica: refused on a superseded connection
+_CHANGES = frozenset((Op.WRITE, Op.UNMAP, Op.REBUILD, Op.SET_META, Op.RESIZE))
 
 _HANDLERS: dict[int, Callable[..., None]] = {
     int(Op.HELLO): PoolProtocol.op_hello,

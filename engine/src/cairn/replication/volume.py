@@ -49,6 +49,7 @@ REBUILDING = "rebuilding"
 OFFLINE = "offline"
 
 WRITE, UNMAP, FLUSH, READ = 1, 2, 3, 4
+MAX_MESSAGE = 1 << 20  # the most data one WRITE or READ to a replica carries
 
 
 class Link(Protocol):
@@ -223,6 +224,10 @@ class ReplicatedVolume:
 
     # ------------------------------------------------------------------ BlockDevice
     def read(self, lba: int, count: int) -> Pending:
+        step = MAX_MESSAGE // self._bs
+        if count > step:  # a replica takes at most MAX_MESSAGE per request
+            parts = [self.read(lba + i, min(step, count - i)) for i in range(0, count, step)]
+            return Pending.gather(parts).then(lambda _: b"".join(p.value for p in parts))
         op = _Op(READ, lba, count, None, self._clock() + self.hold_time)
         self.stats["reads"] += 1
         self.stats["read_bytes"] += count * self._bs
@@ -232,6 +237,13 @@ class ReplicatedVolume:
     read_extents = read
 
     def write(self, lba: int, data: Buffer, fua: bool = False) -> Pending:
+        if len(data) > MAX_MESSAGE:  # one message per MAX_MESSAGE, in order
+            view = memoryview(data)
+            parts = [
+                self.write(lba + i // self._bs, view[i : i + MAX_MESSAGE])
+                for i in range(0, len(view), MAX_MESSAGE)
+            ]
+            return Pending.gather(parts)
         # the caller reuses its buffer once this returns: the links keep this copy
         # Sent at once (the links write it before this returns, or copy what the
         # socket does not take), so the caller's buffer is not kept; a held write is
@@ -309,6 +321,11 @@ class ReplicatedVolume:
         r.inflight[op.tag] = op
         r.inflight_bytes += size
         r.link.send(msg)
+
+    def new_session(self) -> int:
+        """A number for a new connection to a replica, above every number (write or
+        session) handed out before, across restarts: its OPEN fences the older ones."""
+        return self._next_seq()
 
     def _next_seq(self) -> int:
         seq = self._seqs.next()

@@ -77,6 +77,7 @@ class Status(IntEnum):
     OUT_OF_RANGE = 8
     NOT_FOUND = 9
     INTERNAL = 10
+    SUPERSEDED = 11  # a newer connection opened the replica: this one may not change it
 
 
 class ProtocolError(ValueError):

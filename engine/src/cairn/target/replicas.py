@@ -102,10 +102,15 @@ class ReplicaLink(asyncio.Protocol):
         buffer is then free when this returns."""
         if self.closed:
             return
-        self.out += parts
-        if len(parts) > 1 and len(parts[1]) >= BIG:
-            self._flush()
-        elif not self.flushing:
+        if len(parts) > 1:
+            payload = parts[1]
+            if len(payload) >= BIG:
+                self.out += parts
+                self._flush()
+                return
+            if type(payload) is not bytes:  # the caller may reuse its buffer
+                parts = [parts[0], bytes(payload), *parts[2:]]
+        if not self.flushing:
             self.flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -301,6 +306,9 @@ class Connector:
                 "size": self.size,
                 "block_size": self.block_size,
                 "create": True,
+                # fences this connection's earlier ones: the pool server refuses changes
+                # that arrive late on a connection this one replaced
+                "session": self.volume.new_session(),
             },
         )
         _check(opened, "OPEN")
