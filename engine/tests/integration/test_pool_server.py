@@ -476,10 +476,12 @@ def test_a_newer_session_fences_the_older_connection(shared_server):
         assert new.info()["clean_seq"] == 10  # and is not counted as a failed write
         new.write(4096, pattern(3, 4096), seq=12)
         late = shared_server.client()
+        late.open("fenced-vol", 4 * MiB, session=5)  # an older session may read
+        assert late.read(4096, 4096) == pattern(3, 4096)
         with pytest.raises(PoolError) as again:
-            late.open("fenced-vol", 4 * MiB, session=5)
+            late.unmap(0, 4096, seq=13)
         assert again.value.status == Status.SUPERSEDED
-        late.close()
+        late.disconnect()
     finally:
         old.disconnect()
         new.close()

@@ -679,12 +679,8 @@ class PoolProtocol(asyncio.BufferedProtocol):
             self.replica = rep
             if old is not None:
                 replicas.release(old)
-        if session < rep.session:
-            raise Refused(
-                Status.SUPERSEDED,
-                f"session {session} is older than session {rep.session} that has the replica open",
-            )
-        rep.session = session
+        # an older session may still read (tools, tests); any change it sends is refused
+        rep.session = max(rep.session, session)
         self.session = session
         log.debug(
             "event=volume_bound pool=%s volume=%s peer=%s client=%r",

@@ -110,6 +110,7 @@ class ReplicaLink(asyncio.Protocol):
                 return
             if type(payload) is not bytes:  # the caller may reuse its buffer
                 parts = [parts[0], bytes(payload), *parts[2:]]
+        self.out += parts
         if not self.flushing:
             self.flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
