@@ -9,7 +9,20 @@ from dataclasses import dataclass, field
 from workloads import Case, Measurement
 
 MEMORY_LIMIT_MIB = 100.0
-RATIOS = (("cairn", "tgt", "Cairn/tgt"), ("null", "tgt", "null/tgt"))
+RATIOS = (
+    ("cairn", "tgt", "Cairn/tgt"),
+    ("null", "tgt", "null/tgt"),
+    ("rep3", "tgt", "3 replicas/tgt"),
+    ("rep3", "rep1", "3 replicas/1 replica"),
+)
+#: The replication issue's targets, ratios of medians (see ``issue_table``).
+WRITE_TARGET = 1.0  # 3 replicas/tgt, writes
+READ_TARGET = 0.9  # 3 replicas/1 replica, reads
+ISSUE_RATIO_NAMES = {
+    "tgt": "3 replicas/tgt",
+    "rep1": "3 replicas/1 replica",
+    "cairn": "3 replicas/Cairn (local store)",
+}
 
 
 @dataclass
@@ -84,7 +97,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> s
 
 
 def results_table(results: Sequence[CaseResult], labels: dict[str, str]) -> str:
-    """Case, unit, the median of every target, Cairn/tgt and null/tgt."""
+    """Case, unit, the median of every target and the ratios of ``RATIOS`` whose targets
+    ran."""
     targets = list(labels)
     ratios = [r for r in RATIOS if r[0] in labels and r[1] in labels]
     header = ["Case", "Unit", *(f"{labels[t]} (median)" for t in targets)]
@@ -118,17 +132,54 @@ def cpu_table(results: Sequence[CaseResult], labels: dict[str, str]) -> str:
     return table(header, rows, "l" + "r" * len(labels))
 
 
-def memory_table(peaks_kib: dict[str, int | None], labels: dict[str, str]) -> str:
-    """Peak resident memory (VmHWM) of each target process, against the 100 MiB budget."""
+def issue_table(results: Sequence[CaseResult], labels: dict[str, str]) -> str | None:
+    """The replication issue's targets, and whether this run met them: 3 replicas/tgt at
+    least 1.0 for writes, 3 replicas/1 replica at least 0.9 for reads (with 3 replicas/
+    Cairn on its local store for reads, as information).  None without ``rep3``."""
+    if "rep3" not in labels:
+        return None
+    rows = []
+    for r in results:
+        if r.case.write:
+            checks = [("tgt", WRITE_TARGET)]
+        else:
+            checks = [("rep1", READ_TARGET), ("cairn", None)]
+        for den, goal in checks:
+            if den not in labels:
+                continue
+            ratio = r.ratio("rep3", den)
+            if goal is None:
+                verdict, wanted = "information", "-"
+            else:
+                wanted = f">= {goal:.1f}"
+                verdict = "n/a" if ratio is None else ("met" if ratio >= goal else "NOT met")
+            rows.append([r.case.title, ISSUE_RATIO_NAMES[den], fmt_ratio(ratio), wanted, verdict])
+    if not rows:
+        return None
+    return table(["Case", "Ratio", "This run", "Target", "Verdict"], rows, "llrll")
+
+
+def memory_table(
+    peaks_kib: dict[str, int | None],
+    labels: dict[str, str],
+    pool_peaks_kib: dict[str, dict[str, int | None]] | None = None,
+) -> str:
+    """Peak resident memory (VmHWM) of each target process, against the 100 MiB budget,
+    then that of the pool servers of the replicated targets (no budget set)."""
     rows = []
     for t, label in labels.items():
         kib = peaks_kib.get(t)
-        mib = None if kib is None else kib / 1024
-        shown = "n/a" if mib is None else f"{mib:.1f}"
-        rows.append([label, shown, memory_verdict(t, mib)])
+        rows.append([label, fmt_mib(kib), memory_verdict(t, None if kib is None else kib / 1024)])
+    for t, label in labels.items():
+        for pool, kib in (pool_peaks_kib or {}).get(t, {}).items():
+            rows.append([f"{label}: pool server {pool}", fmt_mib(kib), "pool server, no budget"])
     return table(
-        ["Target", "Peak RSS (VmHWM), MiB", f"Budget {MEMORY_LIMIT_MIB:.0f} MiB"], rows, "lrl"
+        ["Process", "Peak RSS (VmHWM), MiB", f"Budget {MEMORY_LIMIT_MIB:.0f} MiB"], rows, "lrl"
     )
+
+
+def fmt_mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.1f}"
 
 
 def memory_verdict(target: str, mib: float | None) -> str:

@@ -1,16 +1,19 @@
 """Benchmark Cairn against tgt over libiscsi, side by side on this machine.
 
-Runs tgt and ``cairn target serve`` (embedded store, and the null store as the ceiling of
-the protocol path) on loopback, drives them with ``qemu-img bench`` and ``iscsi-perf -r``
-in alternating runs, prints the median of every case for every target and the ratios
-Cairn/tgt and null/tgt as Markdown, and the peak memory (VmHWM) of each target process.
-Raw tool output, the targets' stderr and a JSON summary go to bench/results/<timestamp>/.
-See bench/README.md.
+Runs tgt and ``cairn target serve`` (embedded store, the null store as the ceiling of the
+protocol path, and replicated volumes of 1 and 3 replicas on pool servers of their own)
+on loopback, drives them with ``qemu-img bench`` and ``iscsi-perf -r`` in alternating
+runs, prints the median of every case for every target and the ratios Cairn/tgt,
+null/tgt, 3 replicas/tgt and 3 replicas/1 replica as Markdown, the peak memory (VmHWM) of
+each target process and pool server, and how fast a replica is rebuilt.  Raw tool output,
+the targets' stderr and a JSON summary go to bench/results/<timestamp>/.  See
+bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -26,14 +29,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from rebuild import RebuildBench, RebuildResult
+from rebuild import markdown as rebuild_markdown
 from report import (
+    READ_TARGET,
+    WRITE_TARGET,
     CaseResult,
     cpu_table,
+    issue_table,
     memory_table,
     results_table,
     runs_table,
 )
-from targets import CairnTarget, Target, TargetError, TgtTarget, find_cairn
+from targets import CairnTarget, ReplicatedTarget, Target, TargetError, TgtTarget, find_cairn
 from workloads import (
     CASE_NAMES,
     CASES,
@@ -49,7 +57,16 @@ from workloads import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-TARGET_LABELS = {"tgt": "tgt", "cairn": "Cairn", "null": "Cairn null"}
+TARGET_LABELS = {
+    "tgt": "tgt",
+    "cairn": "Cairn",
+    "null": "Cairn null",
+    "rep1": "Cairn 1 replica",
+    "rep3": "Cairn 3 replicas",
+}
+REPLICAS = {"rep1": 1, "rep3": 3}  # the replicated targets and their replica counts
+REBUILD = "rebuild"  # the rebuild measurement, on rep3 (bench/rebuild.py)
+REBUILD_TARGET = "rep3"
 TOOLS = ("qemu-img", "iscsi-perf")
 
 
@@ -58,22 +75,29 @@ class Defaults:
     runs: int
     size: int
     seconds: int  # of each iscsi-perf run
+    rebuild_runs: int  # foreground runs on the healthy volume, before and after the rebuilds
+    rebuild_limit: int  # --rebuild-rate of the limited rebuild, bytes/s (0: none)
 
 
-FULL = Defaults(runs=5, size=1 << 30, seconds=5)
-QUICK = Defaults(runs=2, size=256 << 20, seconds=1)
+FULL = Defaults(runs=5, size=1 << 30, seconds=5, rebuild_runs=5, rebuild_limit=64 << 20)
+QUICK = Defaults(runs=2, size=256 << 20, seconds=1, rebuild_runs=2, rebuild_limit=0)
 _SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- options
 
 
-def parse_size(text: str) -> int:
+def parse_bytes(text: str) -> int:
     """Bytes in ``1G``, ``256M``, ``1GiB``, ``1073741824`` (binary suffixes)."""
     m = _SIZE.fullmatch(text)
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 1G, 256M)")
-    size = int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+def parse_size(text: str) -> int:
+    """A volume size: ``parse_bytes``, a whole number of MiB, at least 16 MiB."""
+    size = parse_bytes(text)
     if size < 16 * MIB or size % MIB:
         raise argparse.ArgumentTypeError(f"size {text!r} must be a whole number of MiB >= 16")
     return size
@@ -95,22 +119,32 @@ def name_list(allowed: Sequence[str]):  # type: ignore[no-untyped-def]
 
 
 def case_help() -> str:
-    return "\n".join(f"  {c.name:<14} {c.title}" for c in CASES)
+    lines = [f"  {c.name:<14} {c.title}" for c in CASES]
+    lines.append(
+        f"  {REBUILD:<14} rebuild of one whole replica of {TARGET_LABELS[REBUILD_TARGET]}, idle "
+        "and under 4 KiB writes (needs the rep3 target; runs last)"
+    )
+    return "\n".join(lines)
 
 
 DESCRIPTION = """\
 Benchmark Cairn against tgt on loopback, with qemu-img bench and iscsi-perf (libiscsi).
 
-Starts three targets, each serving one volume: tgt (a sparse backing file), Cairn on its
-embedded store, and Cairn on the null store (writes discarded, reads return zeros: the
-ceiling of Cairn's protocol path on this machine).  Fills every volume once, then runs each
-case --runs times, alternating tgt, Cairn, Cairn null within each round.  Every read run is
-preceded by a read pass over the same region, so that all targets read from the page cache.
+Starts five targets, each serving one volume: tgt (a sparse backing file), Cairn on its
+embedded store, Cairn on the null store (writes discarded, reads return zeros: the ceiling
+of Cairn's protocol path on this machine), and Cairn replicated over 1 and over 3 pool
+servers (each pool server a process of its own, on 127.0.0.2, .3, .4).  Fills every volume
+once, then runs each case --runs times, alternating the targets within each round.  Every
+read run is preceded by a read pass over the same region, so that all targets read from
+the page cache.  Last, the rebuild case: one replica of the 3-replica volume is deleted and
+rebuilt, idle and under 4 KiB writes.
 
-Prints Markdown: the median per case and target with the ratios Cairn/tgt and null/tgt,
-the peak memory (VmHWM) of every target process against the 100 MiB budget, every run's
-figure and the targets' CPU time per I/O.  Raw tool output, the targets' stderr, report.md
-and results.json go to bench/results/<timestamp>/.
+Prints Markdown: the median per case and target with the ratios Cairn/tgt, null/tgt,
+3 replicas/tgt and 3 replicas/1 replica, whether the replication issue's targets were met,
+the peak memory (VmHWM) of every target process against the 100 MiB budget (and of the
+pool servers), every run's figure, the CPU time per I/O (target plus pool servers) and the
+rebuild figures.  Raw tool output, the targets' stderr, report.md and results.json go to
+bench/results/<timestamp>/.
 
 Exit status: 0 every run succeeded, 1 some run or target failed, 2 could not start."""
 
@@ -130,17 +164,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--cases",
-        type=name_list(CASE_NAMES),
-        default=list(CASE_NAMES),
+        type=name_list((*CASE_NAMES, REBUILD)),
         metavar="LIST",
-        help="comma-separated cases to run (default: all; see below)",
+        help=f"comma-separated cases to run (default: all; {REBUILD} only when the targets "
+        f"include {REBUILD_TARGET}; see below)",
     )
     p.add_argument(
         "--targets",
         type=name_list(tuple(TARGET_LABELS)),
-        default=list(TARGET_LABELS),
         metavar="LIST",
-        help="comma-separated targets, out of tgt,cairn,null (default: all)",
+        help=f"comma-separated targets, out of {','.join(TARGET_LABELS)} (default: all; "
+        f"with --cases {REBUILD} alone: {REBUILD_TARGET})",
     )
     p.add_argument(
         "--size", type=parse_size, help="volume size of every target (default 1G; --quick: 256M)"
@@ -167,7 +201,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the end; default: the system's temporary directory)",
     )
     p.add_argument("--keep-data", action="store_true", help="do not remove the volumes' data")
+    p.add_argument(
+        "--rebuild-limit",
+        type=parse_bytes,
+        metavar="RATE",
+        help="rebuild once more with the target's --rebuild-rate RATE bytes/s (K/M/G "
+        "suffixes; 0: not) (default 64M; --quick: 0)",
+    )
+    p.add_argument(
+        "--rebuild-runs",
+        type=int,
+        help="foreground runs on the healthy volume before and after the rebuilds "
+        "(default 5; --quick: 2)",
+    )
     args = p.parse_args(argv)
+    if args.targets is None:
+        only_rebuild = args.cases == [REBUILD]
+        args.targets = [REBUILD_TARGET] if only_rebuild else list(TARGET_LABELS)
+    if args.cases is None:
+        args.cases = [*CASE_NAMES, REBUILD] if REBUILD_TARGET in args.targets else list(CASE_NAMES)
+    if REBUILD in args.cases and REBUILD_TARGET not in args.targets:
+        p.error(f"the {REBUILD} case needs the {REBUILD_TARGET} target (--targets)")
+    if args.rebuild_runs is not None and args.rebuild_runs < 1:
+        p.error("--rebuild-runs must be at least 1")
     if args.runs is not None and args.runs < 1:
         p.error("--runs must be at least 1")
     if args.seconds is not None and args.seconds < 1:
@@ -189,6 +245,9 @@ class Plan:
     targets: list[str]
     quick: bool
     scale: float
+    rebuild: bool = False
+    rebuild_runs: int = 0
+    rebuild_limit: int = 0
 
     @property
     def labels(self) -> dict[str, str]:
@@ -204,6 +263,9 @@ class Plan:
             "targets": self.targets,
             "quick": self.quick,
             "scale": self.scale,
+            "rebuild": self.rebuild,
+            "rebuild_healthy_runs": self.rebuild_runs,
+            "rebuild_rate_limit": self.rebuild_limit,
         }
 
 
@@ -224,6 +286,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         targets=[t for t in TARGET_LABELS if t in args.targets],
         quick=args.quick,
         scale=args.scale,
+        rebuild=REBUILD in args.cases,
+        rebuild_runs=args.rebuild_runs or defaults.rebuild_runs,
+        rebuild_limit=defaults.rebuild_limit if args.rebuild_limit is None else args.rebuild_limit,
     )
 
 
@@ -232,7 +297,7 @@ def missing_tools(plan: Plan) -> list[str]:
     if "tgt" in plan.targets:
         needed += ["tgtd", "tgtadm"]
     missing = [tool for tool in needed if shutil.which(tool) is None]
-    if {"cairn", "null"} & set(plan.targets):
+    if {"cairn", "null", *REPLICAS} & set(plan.targets):
         try:
             find_cairn()
         except TargetError:
@@ -260,6 +325,8 @@ class Bench:
     broken: set[str] = field(default_factory=set)
     peak_after: dict[str, dict[str, int | None]] = field(default_factory=dict)
     peaks: dict[str, int | None] = field(default_factory=dict)
+    pool_peaks: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    rebuild: RebuildResult | None = None
     load_before: list[str] = field(default_factory=loadavg)
 
     @property
@@ -267,10 +334,15 @@ class Bench:
         return self.out_dir / "raw"
 
     def note_peak(self, target: Target) -> None:
-        """Keep the target's latest VmHWM, so a target that dies later still has one."""
+        """Keep the highest VmHWM seen of the target and its pool servers, so that a
+        process that dies or restarts later still has one."""
         kib = target.peak_rss_kib()
         if kib is not None:
-            self.peaks[target.name] = kib
+            self.peaks[target.name] = max(kib, self.peaks.get(target.name) or 0)
+        pools = self.pool_peaks.setdefault(target.name, {})
+        for pool, kib in target.pool_peaks_kib().items():
+            if kib is not None or pool not in pools:
+                pools[pool] = max(kib or 0, pools.get(pool) or 0) or None
 
     def working(self) -> list[Target]:
         return [t for t in self.targets if t.name not in self.broken]
@@ -305,6 +377,10 @@ def make_targets(plan: Plan, data_root: Path, out_dir: Path) -> list[Target]:
         label = TARGET_LABELS[name]
         if name == "tgt":
             made.append(TgtTarget(name, label, plan.size, data, out_dir))
+        elif name in REPLICAS:
+            made.append(
+                ReplicatedTarget(name, label, plan.size, data, out_dir, replicas=REPLICAS[name])
+            )
         else:
             store = "null" if name == "null" else "embedded"
             made.append(CairnTarget(name, label, plan.size, data, out_dir, store=store))
@@ -356,6 +432,7 @@ def measure(bench: Bench, target: Target, case: Case, raw: Path) -> Measurement:
     reads, a read pass over the region the run reads (neither is timed)."""
     flush_all(bench)
     if not case.write:
+        target.warm()
         region = read_region(case, bench.plan.counts.get(case.name, 0), bench.plan.size)
         sweep(target.url, region, False, raw, target.is_alive)
     cpu_before = target.cpu_seconds()
@@ -367,6 +444,9 @@ def measure(bench: Bench, target: Target, case: Case, raw: Path) -> Measurement:
     cpu_after = target.cpu_seconds()
     if cpu_before is not None and cpu_after is not None:
         m = replace(m, cpu_seconds=cpu_after - cpu_before)
+    problem = target.problem()  # a replicated volume must have stayed healthy
+    if problem:
+        raise TargetError(f"after the run: {problem}")
     return m
 
 
@@ -379,7 +459,7 @@ def run_case(bench: Bench, case: Case) -> CaseResult:
                 f.write(f"### run {run} of {bench.plan.runs}\n")
             try:
                 m = measure(bench, target, case, raw)
-            except ToolError as e:
+            except (ToolError, TargetError) as e:
                 result.errors.setdefault(target.name, []).append(str(e))
                 bench.fail(target, f"{case.name} run {run}", e)
                 continue
@@ -400,6 +480,26 @@ def run_all(bench: Bench) -> None:
         bench.peak_after[case.name] = {t.name: t.peak_rss_kib() for t in bench.targets}
     for target in bench.working():
         bench.note_peak(target)
+    if bench.plan.rebuild:
+        run_rebuild(bench)
+
+
+def run_rebuild(bench: Bench) -> None:
+    """The rebuild measurement on the 3-replica target (bench/rebuild.py)."""
+    target = next((t for t in bench.working() if t.name == REBUILD_TARGET), None)
+    if not isinstance(target, ReplicatedTarget):
+        bench.errors.append(f"{REBUILD}: the {REBUILD_TARGET} target is not running")
+        return
+    flush_all(bench)
+    raw = bench.raw_dir / f"{REBUILD}.{target.name}.log"
+    rb = RebuildBench(target, bench.plan.rebuild_runs, bench.plan.rebuild_limit, raw, log)
+    bench.rebuild = rb.result
+    try:
+        rb.run()
+    except (ToolError, TargetError, OSError, ValueError) as e:  # OSError: the status API
+        bench.fail(target, REBUILD, e)
+    bench.errors += [f"{REBUILD}: {e}" for e in rb.result.errors]
+    bench.note_peak(target)
 
 
 def stop_targets(bench: Bench) -> dict[str, int | None]:
@@ -407,7 +507,7 @@ def stop_targets(bench: Bench) -> dict[str, int | None]:
     for target in bench.targets:
         if target.proc is None:
             continue
-        if not target.alive and target.name not in bench.broken:
+        if target.proc.poll() is not None and target.name not in bench.broken:
             bench.errors.append(
                 f"{target.label} exited on its own with {target.proc.returncode}:\n"
                 f"{target.stderr_tail()}"
@@ -418,6 +518,8 @@ def stop_targets(bench: Bench) -> dict[str, int | None]:
         except (OSError, subprocess.SubprocessError) as e:
             bench.errors.append(f"stopping {target.label}: {e}")
             continue
+        if isinstance(target, ReplicatedTarget):
+            bench.errors += [f"{target.label}: {e}" for e in target.pool_failures]
         if was_running and code != 0:
             bench.errors.append(
                 f"{target.label} exited with {code} when stopped:\n{target.stderr_tail()}"
@@ -440,19 +542,26 @@ def command_output(argv: list[str], env: dict[str, str] | None = None) -> str | 
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def environment() -> dict[str, object]:
-    """The machine and the software measured, for the JSON summary."""
+def environment(out_dir: Path) -> dict[str, object]:
+    """The machine and the software measured, for the JSON summary; local changes to
+    ``engine/`` go to ``out_dir/engine.diff``."""
     git_env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     dirty = command_output(
         ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no", "engine"],
         git_env,
     )
+    diff = command_output(["git", "-C", str(REPO_DIR), "diff", "HEAD", "--", "engine"], git_env)
+    if diff:
+        (out_dir / "engine.diff").write_text(diff + "\n")
     return {
         "kernel": " ".join(os.uname()[2:4]),
         "cpus": os.cpu_count(),
         "cairn": command_output([find_cairn(), "--version"]),
         "git_commit": command_output(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], git_env),
         "engine_modified": bool(dirty) if dirty is not None else None,
+        # which local changes were measured (the same diff gives the same hash; the diff
+        # itself is engine.diff beside results.json)
+        "engine_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         "packages": command_output(
             [
                 "dpkg-query",
@@ -471,30 +580,62 @@ def environment() -> dict[str, object]:
 def markdown(bench: Bench, elapsed: float) -> str:
     plan, labels = bench.plan, bench.plan.labels
     counts = ", ".join(f"{k} {v:,}" for k, v in plan.counts.items())
-    parts = [
-        f"## Cairn vs tgt: median of {plan.runs} run(s), {plan.size // MIB} MiB volumes",
+    replicated = [t for t in plan.targets if t in REPLICAS]
+    load = f"Load average before: {' '.join(bench.load_before)}, after: {' '.join(loadavg())}."
+    if plan.cases:
+        parts = [
+            f"## Cairn vs tgt: median of {plan.runs} run(s), {plan.size // MIB} MiB volumes",
+            "",
+            f"Requests per qemu-img run: {counts or 'none'}; iscsi-perf runs {plan.seconds} s. "
+            f"Higher is better; ratios above 1 mean faster than the denominator. {load}",
+            "",
+        ]
+    else:
+        parts = [f"## Cairn: {plan.size // MIB} MiB volumes", "", load, ""]
+    if replicated:
+        parts += [
+            f"{' and '.join(labels[t] for t in replicated)}: `cairn target serve --replica ...` "
+            "over that many pool servers, each a `cairn pool serve` process of its own on "
+            "127.0.0.2, .3, .4 (loopback, the same 2 CPUs); a write is acknowledged once a "
+            "majority of the replicas has it (2 of 3); each read goes to one healthy replica, the "
+            "one with the fewest requests in flight.",
+            "",
+        ]
+    if bench.results:
+        parts += [results_table(bench.results, labels), "", *notes(bench)]
+    issue = issue_table(bench.results, labels) if bench.results else None
+    if issue:
+        parts += [
+            "### The replication issue's targets",
+            "",
+            f"3 replicas/tgt at least {WRITE_TARGET:.1f} for the writes (4 KiB and 1 MiB), "
+            f"3 replicas/1 replica at least {READ_TARGET:.1f} for the reads; 3 replicas/Cairn "
+            "on its local store is shown for the reads as information, with no target.",
+            "",
+            issue,
+            "",
+        ]
+    parts += [
+        "### Peak memory of the target processes and pool servers",
         "",
-        f"Requests per qemu-img run: {counts or 'none'}; iscsi-perf runs {plan.seconds} s. "
-        f"Higher is better; ratios above 1 mean faster than tgt. Load average before: "
-        f"{' '.join(bench.load_before)}, after: {' '.join(loadavg())}.",
+        memory_table(bench.peaks, labels, bench.pool_peaks),
         "",
-        results_table(bench.results, labels),
-        "",
-        *notes(bench),
-        "### Peak memory of the target processes",
-        "",
-        memory_table(bench.peaks, labels),
-        "",
-        "### Every run",
-        "",
-        runs_table(bench.results, labels),
-        "",
-        "### Target CPU time per I/O (µs, median; all threads of the target process)",
-        "",
-        cpu_table(bench.results, labels),
-        "",
-        f"Total time {elapsed:.0f} s. Raw outputs: {bench.out_dir}",
     ]
+    if bench.results:
+        parts += [
+            "### Every run",
+            "",
+            runs_table(bench.results, labels),
+            "",
+            "### CPU time per I/O (µs, median; all threads of the target process"
+            + (", plus its pool servers for the replicated targets)" if replicated else ")"),
+            "",
+            cpu_table(bench.results, labels),
+            "",
+        ]
+    if bench.rebuild is not None:
+        parts += [rebuild_markdown(bench.rebuild, labels[REBUILD_TARGET]), ""]
+    parts += [f"Total time {elapsed:.0f} s. Raw outputs: {bench.out_dir}"]
     if bench.errors:
         parts += ["", f"### Failures ({len(bench.errors)})", ""]
         parts += [f"```\n{e}\n```" for e in bench.errors]
@@ -526,22 +667,38 @@ def summary(
         "loadavg_before": bench.load_before,
         "loadavg_after": loadavg(),
         "plan": bench.plan.to_json(),
-        "targets": {
-            t.name: {
-                "label": t.label,
-                "url": t.url,
-                "peak_rss_kib": bench.peaks.get(t.name),
-                "peak_rss_kib_after_case": {c: p.get(t.name) for c, p in bench.peak_after.items()},
-                "started": t.started,
-                "died": t.died,
-                "exit_code": t.exit_code,
-                "stderr_log": str(t.stderr_path),
-            }
-            for t in bench.targets
-        },
+        "targets": {t.name: target_json(bench, t) for t in bench.targets},
         "cases": {r.case.name: r.to_json() for r in bench.results},
+        "rebuild": bench.rebuild.to_json() if bench.rebuild is not None else None,
         "errors": bench.errors,
     }
+
+
+def target_json(bench: Bench, t: Target) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "label": t.label,
+        "url": t.url,
+        "peak_rss_kib": bench.peaks.get(t.name),
+        "peak_rss_kib_after_case": {c: p.get(t.name) for c, p in bench.peak_after.items()},
+        "started": t.started,
+        "died": t.died,
+        "exit_code": t.exit_code,
+        "stderr_log": str(t.stderr_path),
+    }
+    if isinstance(t, ReplicatedTarget):
+        doc["command"] = t.command()
+        doc["cpu_seconds_include_pool_servers"] = True
+        doc["pool_servers"] = [
+            {
+                "name": p.name,
+                "address": p.address,
+                "peak_rss_kib": bench.pool_peaks.get(t.name, {}).get(p.name),
+                "exit_code": p.exit_code,
+                "stderr_log": str(p.log_path),
+            }
+            for p in t.pools
+        ]
+    return doc
 
 
 # --------------------------------------------------------------------------- main
@@ -570,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = results_dir(args.results)
     data_root = Path(tempfile.mkdtemp(prefix="cairn-bench-", dir=args.data_dir))
     bench = Bench(plan, out_dir, make_targets(plan, data_root, out_dir))
-    env = environment()
+    env = environment(out_dir)
     log(f"results in {out_dir}; data in {data_root}")
     signal.signal(signal.SIGTERM, _interrupt)
     try:

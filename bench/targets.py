@@ -1,4 +1,6 @@
-"""The targets under benchmark, each on its own loopback port: tgt and ``cairn target serve``.
+"""The targets under benchmark, each on its own loopback port: tgt, ``cairn target serve``
+on its embedded or null store, and ``cairn target serve --replica ...`` with its pool
+servers (``cairn pool serve``), each pool server a process of its own.
 
 Every target keeps its data in a directory of its own and its stderr in a log file; ``stop``
 always leaves no process behind (it kills what does not exit in time).
@@ -6,6 +8,7 @@ always leaves no process behind (it kills what does not exit in time).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import selectors
@@ -17,8 +20,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 IQN_PREFIX = "iqn.2024-01.io.cairn.bench"
@@ -144,6 +149,19 @@ class Target:
     def cpu_seconds(self) -> float | None:
         return proc_cpu_seconds(self.proc.pid) if self.alive and self.proc else None
 
+    def pool_peaks_kib(self) -> dict[str, int | None]:
+        """VmHWM of the processes that serve the target's data besides the target itself
+        (the pool servers of a replicated volume); none for the others."""
+        return {}
+
+    def problem(self) -> str | None:
+        """Why the target's last figure may not mean what it says (None: it does)."""
+        return None
+
+    def warm(self) -> None:
+        """Bring into the page cache what the target's read pass cannot reach (nothing,
+        but for replicated targets)."""
+
     def flush(self) -> None:
         """Write the target's dirty data to disk (fsync of every file it keeps), so that
         no write-back of an earlier run lands in a later one.  Unlike sync(2) this waits
@@ -198,7 +216,7 @@ class CairnTarget(Target):
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
-        with open(self.stderr_path, "wb") as err:
+        with open(self.stderr_path, "ab") as err:
             err.write(("$ " + " ".join(cmd) + "\n").encode())
             err.flush()
             self.proc = subprocess.Popen(
@@ -231,6 +249,285 @@ class CairnTarget(Target):
         if self._drain is not None:
             self._drain.join(5)
         return rc
+
+
+class ProcessError(TargetError):
+    """A helper process did not start."""
+
+
+@dataclass
+class PoolServer:
+    """One ``cairn pool serve`` process on ``host`` (its own loopback address), keeping
+    its replicas in ``path``.  The first start takes any free port; later starts (after
+    ``stop``) take the same one, where the target expects the replica."""
+
+    name: str
+    host: str
+    path: Path
+    log_path: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    exit_code: int | None = None
+    _drain: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            find_cairn(), "--log-level", "warning", "pool", "serve", "--name", self.name,
+            "--path", str(self.path), "--listen", f"{self.host}:{self.port}",
+        ]  # fmt: skip
+
+    def start(self, attempts: int = 1) -> None:
+        """Start the process and wait for its ``ready`` line; ``attempts`` > 1 retries
+        (the port may still be held a moment after a stop)."""
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except ProcessError:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.5)
+
+    def _start_once(self) -> None:
+        cmd = self.command()
+        with open(self.log_path, "ab") as err:
+            err.write(("$ " + " ".join(cmd) + "\n").encode())
+            err.flush()
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
+        line = _first_line(self.proc, START_TIMEOUT)
+        prefix = f"ready pool={self.name} listen="
+        if line is None or not line.startswith(prefix):
+            self.stop()
+            why = f"printed {line.strip()!r}" if line else f"exited with {self.exit_code}"
+            raise ProcessError(f"{' '.join(cmd)}\n{why}; its stderr:\n{tail(self.log_path)}")
+        port = int(line.strip().rpartition(":")[2])
+        if self.port and port != self.port:
+            self.stop()
+            raise ProcessError(f"pool server {self.name} listens on {port}, not {self.port}")
+        self.port = port
+        self._drain = threading.Thread(target=_drain, args=(self.proc,), daemon=True)
+        self._drain.start()
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._drain is not None:
+            self._drain.join(5)
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    def peak_rss_kib(self) -> int | None:
+        return proc_status_kib(self.proc.pid, "VmHWM") if self.alive and self.proc else None
+
+    def cpu_seconds(self) -> float | None:
+        return proc_cpu_seconds(self.proc.pid) if self.alive and self.proc else None
+
+
+@dataclass
+class ReplicatedTarget(CairnTarget):
+    """``cairn target serve --replica ...`` over ``replicas`` pool servers, each a process
+    of its own on 127.0.0.2, 127.0.0.3, ... with its data in ``data_dir/pool<i>``; the
+    target keeps its state in ``data_dir/state`` and serves its status API on a free port.
+
+    Peak memory is the target process's (the budget applies to it); ``pool_peaks_kib``
+    gives the pool servers'.  CPU time is the target's plus every pool server's, so that
+    the CPU time per I/O counts all the work replication takes.  ``flush`` covers the
+    pools' files too (they are under ``data_dir``)."""
+
+    replicas: int = 3
+    rebuild_rate: int = 0  # bytes per second one rebuild may copy (0: no limit)
+    status_port: int = field(default_factory=free_port)
+    pools: list[PoolServer] = field(default_factory=list)
+    stopped_pools: set[int] = field(default_factory=set)  # stopped on purpose
+    pool_failures: list[str] = field(default_factory=list)  # pool servers that failed to stop
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{HOST}:{self.status_port}/status"
+
+    @property
+    def alive(self) -> bool:
+        """The target and every pool server that should be running are running."""
+        return (
+            self.proc is not None
+            and self.proc.poll() is None
+            and all(p.alive for i, p in enumerate(self.pools) if i not in self.stopped_pools)
+        )
+
+    def command(self) -> list[str]:
+        cmd = [
+            find_cairn(), "--log-level", "warning", "target", "serve",
+            "--volume", self.name, "--size", str(self.size), "--portal", self.portal,
+            "--iqn", self.iqn, "--state-dir", str(self.state_dir),
+            "--status-listen", f"{HOST}:{self.status_port}",
+        ]  # fmt: skip
+        if self.rebuild_rate:
+            cmd += ["--rebuild-rate", str(self.rebuild_rate)]
+        for pool in self.pools:
+            cmd += ["--replica", pool.address]
+        return cmd
+
+    def pool_log(self, index: int) -> Path:
+        return self.log_dir / f"target-{self.name}.pool{index}.stderr.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(self.replicas):
+                pool = PoolServer(
+                    f"{self.name}-pool{i}", f"127.0.0.{2 + i}", self.data_dir / f"pool{i}",
+                    self.pool_log(i),
+                )  # fmt: skip
+                self.pools.append(pool)
+                pool.start()
+            super().start()
+            self.wait_healthy(START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, rebuild_rate: int | None = None) -> None:
+        """Stop the target alone and start it again (the pools keep running), with
+        another ``rebuild_rate`` when given; returns once the volume is healthy."""
+        if rebuild_rate is not None:
+            self.rebuild_rate = rebuild_rate
+        CairnTarget.stop(self)
+        with open(self.stderr_path, "ab") as err:
+            err.write(b"# restarted\n")
+        self._stdout = bytearray()
+        try:
+            super().start()
+            self.wait_healthy(START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> int | None:
+        """Stop the target, then the pool servers; the target's exit code."""
+        rc = None
+        try:
+            rc = super().stop()
+        finally:
+            for i, pool in enumerate(self.pools):
+                was_running = pool.alive
+                code = pool.stop()
+                if code not in (0, None) and (was_running or i not in self.stopped_pools):
+                    what = "when stopped" if was_running else "on its own"
+                    self.pool_failures.append(
+                        f"pool server {pool.name} exited with {code} {what}:\n"
+                        f"{tail(pool.log_path, 20)}"
+                    )
+        return rc
+
+    def stop_pool(self, index: int) -> None:
+        self.stopped_pools.add(index)
+        self.pools[index].stop()
+
+    def start_pool(self, index: int) -> None:
+        self.pools[index].start(attempts=10)
+        self.stopped_pools.discard(index)
+
+    def pool_peaks_kib(self) -> dict[str, int | None]:
+        return {p.name: p.peak_rss_kib() for p in self.pools}
+
+    def warm(self) -> None:
+        """Read every file of every pool server: a read pass through the target reads each
+        block from one replica only, and a run may read it from another."""
+        buf = bytearray(1 << 20)
+        for pool in self.pools:
+            for path in sorted(pool.path.rglob("*")):
+                try:
+                    with open(path, "rb", buffering=0) as f:
+                        while f.readinto(buf):
+                            pass
+                except OSError:  # a directory, or gone
+                    continue
+
+    def cpu_seconds(self) -> float | None:
+        """The target's CPU time plus every pool server's (None without the target's)."""
+        own = super().cpu_seconds()
+        if own is None:
+            return None
+        return own + sum(p.cpu_seconds() or 0.0 for p in self.pools)
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        with urllib.request.urlopen(self.status_url, timeout=timeout) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+        return doc
+
+    def wait_healthy(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        doc: dict[str, Any] = {}
+        while True:
+            if not self.alive:
+                raise TargetError(f"{self.label} stopped:\n{self.stderr_tail()}")
+            try:
+                doc = self.status()
+                if doc.get("state") == "healthy":
+                    return doc
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                states = [(r.get("address"), r.get("state"), r.get("reason")) for r in
+                          doc.get("replicas", [])]  # fmt: skip
+                raise TargetError(
+                    f"{self.label}: the volume is not healthy after {timeout:.0f} s "
+                    f"(state {doc.get('state')!r}, replicas {states})"
+                )
+            time.sleep(0.1)
+
+    def problem(self) -> str | None:
+        for i, pool in enumerate(self.pools):
+            if i not in self.stopped_pools and not pool.alive:
+                code = pool.proc.returncode if pool.proc else None
+                return f"pool server {pool.name} exited with {code}"
+        try:
+            doc = self.status()
+        except (OSError, ValueError) as e:
+            return f"no status from {self.status_url}: {e}"
+        if doc.get("state") != "healthy":
+            states = [(r.get("address"), r.get("state"), r.get("reason")) for r in
+                      doc.get("replicas", [])]  # fmt: skip
+            return f"the volume is {doc.get('state')}: {states}"
+        return None
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        parts = [tail(self.stderr_path, lines)]
+        for i, pool in enumerate(self.pools):
+            text = tail(self.pool_log(i), lines // 2)
+            if text:
+                parts.append(f"--- {pool.name} ({self.pool_log(i)}) ---\n{text}")
+        return "\n".join(parts)
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    """Read ``proc``'s stdout until it closes, so the process never blocks on it."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    while os.read(fd, 65536):
+        pass
 
 
 def _first_line(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
