@@ -122,7 +122,9 @@ class ReplicaLink(asyncio.Protocol):
         if not out or t is None or self.closed:
             return
         if self.fd < 0 or t.get_write_buffer_size():
-            t.writelines(out)  # behind what is queued already: keep the order
+            # behind what is queued already, to keep the order; the transport may keep
+            # a reference to what it queues, and callers reuse their buffers: copy
+            t.writelines([p if type(p) is bytes else bytes(p) for p in out])
             return
         # straight to the socket, one system call; the transport queues (copies) only
         # what the socket does not take now
@@ -138,7 +140,12 @@ class ReplicaLink(asyncio.Protocol):
             if sent >= n:
                 sent -= n
                 continue
-            t.write(memoryview(part)[sent:] if sent else part)
+            # what the socket did not take waits in the transport, which may keep a
+            # reference rather than a copy: the caller's buffer is reused once send()
+            # returns, so it must be a copy (found by the fault suite: a payload
+            # overwritten by the next write's data before it left)
+            rest = memoryview(part)[sent:] if sent else part
+            t.write(rest if type(rest) is bytes else bytes(rest))
             sent = 0
 
     def close(self, reason: str) -> None:
