@@ -20,7 +20,7 @@ import pytest
 from cairn.pool.client import PoolClient
 
 from .cluster import Cluster
-from .workload import REGION, Workload
+from .workload import REGION, RUNNING, Workload
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +39,9 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     finally:
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
             print(c.report())
+        for w in RUNNING:
+            w.kill()
+        RUNNING.clear()
         c.cleanup()
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REGION = 64 << 10
+RUNNING: list[Workload] = []  # every workload made, so that teardown can stop them
 MAX_GEN = 250  # byte values; a region is not written more often than this
 
 
@@ -64,6 +65,8 @@ class Workload:
         self.log = log
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        RUNNING.append(self)
 
     # ------------------------------------------------------------------ writes
     def batch(self, n: int = 4, timeout: float = 60.0) -> None:
@@ -83,11 +86,15 @@ class Workload:
         for reg, gen in cmds:
             argv += ["-c", f"write -P {gen} {reg * REGION} {REGION}"]
         argv.append(self.url)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._proc = proc
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-            text = out.stdout + out.stderr
-        except subprocess.TimeoutExpired as e:
-            text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            text, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text, _ = proc.communicate()
+        finally:
+            self._proc = None
         done = re.findall(r"^wrote \d+/\d+ bytes at offset (\d+)", text, re.M)
         acked = {int(off) // REGION for off in done}
         with led.lock:
@@ -110,10 +117,19 @@ class Workload:
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 120.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(120)
+            self._thread.join(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """No initiator left behind (a failed test may leave one waiting for a target
+        that is gone)."""
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     # ------------------------------------------------------------------ reads
     def read_all(self, timeout: float = 60.0) -> bytes | None:

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes per second one rebuild may copy (K/M/G suffixes; 0: no limit)",
     )
     rep.add_argument(
+        "--rebuild-busy-rate",
+        type=_size,
+        default=64 << 20,
+        help="bytes per second one rebuild may copy while initiators do I/O, so that "
+        "their I/O keeps most of its speed (0: no such limit); idle, it runs at full speed",
+    )
+    rep.add_argument(
         "--status-listen",
         default=None,
         metavar="HOST:PORT",
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             replica_timeout=args.replica_timeout,
             status_listen=args.status_listen,
             rebuild_rate=args.rebuild_rate,
+            rebuild_busy_rate=args.rebuild_busy_rate,
         )
         return serve(opts)
     if args.group == "pool":

@@ -54,9 +54,10 @@ class Rebuild:
         self.copy_started = 0.0
         self.window = volume.rebuild_window
         self.chunk_blocks = max(1, volume.rebuild_chunk // volume.block_size)
-        self.rate = getattr(volume, "rebuild_rate", 0)  # bytes per second, 0: no limit
-        self._budget = float(self.rate)
-        self._last_tick = time.monotonic()
+        # bytes per second (``ReplicatedVolume.rebuild_limit``): a budget refilled by
+        # ``tick``, at most one second's worth, spent by each chunk sent
+        self._budget = float(1 << 20)
+        self._last_tick = 0.0
 
     # ------------------------------------------------------------------ steps
     def start(self) -> None:
@@ -129,7 +130,7 @@ class Rebuild:
             return
         bs = self.volume.block_size
         while self.runs and self.inflight < self.window:
-            if self.rate and self._budget <= 0:
+            if self._budget <= 0 and self.volume.rebuild_limit(self.volume.now()):
                 return  # ``tick`` refills the budget and pumps again
             lba, count = self.runs.popleft()
             self.inflight += 1
@@ -223,11 +224,14 @@ class Rebuild:
         self.phase = "aborted"
 
     def tick(self, now: float) -> None:
-        if self.rate:
-            elapsed = now - self._last_tick
-            self._last_tick = now
-            self._budget = min(float(self.rate), self._budget + elapsed * self.rate)
-            self._pump()
+        elapsed = now - self._last_tick if self._last_tick else 0.0
+        self._last_tick = now
+        rate = self.volume.rebuild_limit(now)
+        if rate:
+            self._budget = min(float(rate), self._budget + elapsed * rate)
+        else:
+            self._budget = float(1 << 20)
+        self._pump()
 
     def progress(self) -> dict[str, Any]:
         elapsed = time.monotonic() - (self.copy_started or self.started)

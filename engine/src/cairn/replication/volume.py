@@ -186,6 +186,11 @@ class ReplicatedVolume:
         self.rebuild_window = 4  # chunks in flight per rebuild
         self.rebuild_chunk = 1 << 20
         self.rebuild_rate = 0  # bytes per second per rebuild, 0: no limit
+        # while the volume has foreground I/O, a rebuild copies at most this much per
+        # second (0: no such limit), so that the I/O keeps most of its speed; idle, it
+        # goes as fast as it can (``rebuild_rate`` still caps it)
+        self.rebuild_busy_rate = 64 << 20
+        self.last_io = -1e9  # clock time of the last read or write
         self._cf_given = consistency_factor is not None
 
     # ------------------------------------------------------------------ properties
@@ -230,6 +235,7 @@ class ReplicatedVolume:
             return Pending.gather(parts).then(lambda _: b"".join(p.value for p in parts))
         op = _Op(READ, lba, count, None, self._clock() + self.hold_time)
         self.stats["reads"] += 1
+        self.last_io = self._clock()
         self.stats["read_bytes"] += count * self._bs
         self._send_read(op)
         return op.pending
@@ -250,6 +256,7 @@ class ReplicatedVolume:
         # copied, since it leaves later.
         op = _Op(WRITE, lba, len(data) // self._bs, data, self._clock() + self.hold_time)
         self.stats["writes"] += 1
+        self.last_io = self._clock()
         self.stats["write_bytes"] += len(data)
         self._submit(op)
         return op.pending
@@ -326,6 +333,15 @@ class ReplicatedVolume:
         """A number for a new connection to a replica, above every number (write or
         session) handed out before, across restarts: its OPEN fences the older ones."""
         return self._next_seq()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def rebuild_limit(self, now: float) -> int:
+        """Bytes per second a rebuild may copy now (0: no limit)."""
+        busy = self.rebuild_busy_rate if now - self.last_io < 1.0 else 0
+        limits = [x for x in (self.rebuild_rate, busy) if x]
+        return min(limits) if limits else 0
 
     def _next_seq(self) -> int:
         seq = self._seqs.next()

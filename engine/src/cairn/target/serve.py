@@ -43,6 +43,7 @@ class ServeOptions:
     replica_timeout: float = 5.0
     status_listen: str | None = None
     rebuild_rate: int = 0
+    rebuild_busy_rate: int = 64 << 20
 
 
 def parse_portal(portal: str) -> tuple[str, int]:
@@ -119,6 +120,7 @@ def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
     except (ValueError, StoreError) as e:
         raise ServeError(str(e)) from e
     device.rebuild_rate = opts.rebuild_rate
+    device.rebuild_busy_rate = opts.rebuild_busy_rate
     connectors = [Connector(device, a, opts.size, opts.block_size, secret) for a in opts.replicas]
     return device, state.uuid, connectors
 
