@@ -130,7 +130,15 @@ class FaultProxy:
 class PoolNode:
     """One pool server: a process on 127.0.0.<n>, its pool on its own tmpfs."""
 
-    def __init__(self, root: Path, index: int, port: int, tmpfs_size: str = "96m") -> None:
+    def __init__(
+        self,
+        root: Path,
+        index: int,
+        port: int,
+        tmpfs_size: str = "96m",
+        secret_file: Path | None = None,
+    ) -> None:
+        self.secret_file = secret_file
         self.index = index
         self.name = f"pool{index}"
         self.host = f"127.0.0.{index + 2}"
@@ -153,21 +161,12 @@ class PoolNode:
         return f"{self.proxy.listen[0]}:{self.proxy.listen[1]}"
 
     def start(self) -> PoolNode:
+        args = ["pool", "serve", "--name", self.name, "--path", str(self.path),
+                "--listen", f"{self.host}:{self.port}"]  # fmt: skip
+        if self.secret_file is not None:
+            args += ["--secret-file", str(self.secret_file)]
         with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(
-                _cmd(
-                    "pool",
-                    "serve",
-                    "--name",
-                    self.name,
-                    "--path",
-                    str(self.path),
-                    "--listen",
-                    f"{self.host}:{self.port}",
-                ),
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
+            self.proc = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=err)
         _wait_line(self.proc, "ready ", READY_TIMEOUT)
         return self
 

@@ -112,3 +112,48 @@ def test_replicas_are_removed_and_added_online_and_the_status_says_so(
 
     bad = cli(c, "replica-add", c.nodes[0].address)
     assert bad.returncode == 1 and "already a replica" in bad.stderr
+
+
+def test_targets_authenticate_to_pool_servers_with_the_shared_secret(tmp_path: Path) -> None:
+    """With --secret-file on both sides the replicas open; a target with a wrong secret
+    is refused by every pool server, says why, and writes nothing."""
+    from .cluster import ReplicatedTarget
+    from .conftest import free_port
+
+    good = tmp_path / "secret"
+    good.write_text("correct horse battery staple\n")
+    bad = tmp_path / "bad-secret"
+    bad.write_text("zebra-not-the-secret\n")
+    port = free_port("127.0.0.2")
+    nodes = [PoolNode(tmp_path, i, port, secret_file=good) for i in range(3)]
+    targets: list[ReplicatedTarget] = []
+    try:
+        for n in nodes:
+            n.start()
+        ok = ReplicatedTarget(tmp_path / "ok", "vol", "16M", [n.address for n in nodes],
+                              4.0, 2.0, ["--secret-file", str(good)])  # fmt: skip
+        (tmp_path / "ok").mkdir()
+        targets.append(ok.start())
+        ok.wait_healthy(30)
+        qemu_io(ok.url, "write -P 5 0 64k", "read -P 5 0 64k")
+
+        (tmp_path / "wrong").mkdir()
+        wrong = ReplicatedTarget(tmp_path / "wrong", "vol2", "16M",
+                                 [n.address for n in nodes], 4.0, 2.0,
+                                 ["--secret-file", str(bad)])  # fmt: skip
+        targets.append(wrong.start())
+        time.sleep(2.0)
+        st = wrong.status()
+        assert not st["writable"] and all(r["state"] == "offline" for r in st["replicas"])
+        log = wrong.log.read_text()
+        assert "AUTH refused: AUTH_FAILED" in log
+        assert "correct horse" not in log and "zebra-not-the-secret" not in log
+        for n in nodes:
+            text = n.log.read_text()
+            assert "event=auth_refused" in text
+            assert "correct horse" not in text
+    finally:
+        for t in targets:
+            t.kill()
+        for n in nodes:
+            n.cleanup()

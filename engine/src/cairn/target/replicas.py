@@ -334,23 +334,3 @@ def _check(msg: wire.Message, what: str) -> None:
         except wire.ProtocolError:
             text = ""
         raise ConnectionError(f"{what} refused: {Status(msg.status).name} {text}".strip())
-
-
-def load_secret(path: Path) -> bytes:
-    try:
-        secret = path.read_bytes().strip()
-    except OSError as e:
-        raise ValueError(f"secret file {path}: {e.strerror or e}") from e
-    if not secret:
-        raise ValueError(f"secret file {path} is empty")
-    return secret
-
-
-def ensure_private(path: Path) -> None:
-    """Refuse a secret file that others can read? Only warn: operators decide."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if mode & 0o077:
-        log.warning("event=secret_file_readable path=%s mode=%o", path, mode & 0o777)

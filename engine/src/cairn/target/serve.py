@@ -92,8 +92,9 @@ def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
     """The replicated volume over ``opts.replicas`` and a connector per replica (not
     started yet)."""
     from cairn.blockdev import StoreError
+    from cairn.pool.secret import load_secret  # the same file format as the pool servers'
     from cairn.replication.volume import ReplicatedVolume
-    from cairn.target.replicas import Connector, TargetState, load_secret, parse_address
+    from cairn.target.replicas import Connector, TargetState, parse_address
     from cairn.volume import SeqAllocator
 
     if opts.state_dir is None:
