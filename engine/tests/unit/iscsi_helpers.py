@@ -25,6 +25,7 @@ class Result:
     sense: bytes = b""
     data: Any = None
     flush: bool = False
+    pending: Any = None  # an asynchronous device's command still running (None here)
 
 
 @dataclass

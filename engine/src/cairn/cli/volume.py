@@ -12,6 +12,9 @@ import json
 import sys
 from typing import Any
 
+from cairn.daemon import parse_host_port
+from cairn.units import approx_size as _human
+
 EXIT_FAILED = 1
 
 
@@ -35,10 +38,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _call(target: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--target {target!r} must be HOST:PORT")
-    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    host, port = parse_host_port(target, "--target", "127.0.0.1:3270")
+    conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
         payload = json.dumps(body).encode() if body is not None else None
         conn.request(
@@ -54,14 +55,6 @@ def _call(target: str, method: str, path: str, body: dict[str, Any] | None = Non
     if resp.status != 200:
         raise ValueError(doc.get("error", f"HTTP {resp.status}"))
     return doc
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
 
 
 def print_status(doc: dict[str, Any]) -> None:

@@ -55,19 +55,6 @@ STATUS_CHECK_CONDITION = 0x02
 _SENSE_DATA_SEQUENCE = bytes((0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0))
 
 
-class _Good:
-    """The result of a plain write that succeeded (what ``_respond`` reads of it)."""
-
-    status = STATUS_GOOD
-    sense = b""
-    data = None
-    flush = False
-    pending = None
-
-
-_GOOD = _Good()
-
-
 def _serial_lt(a: int, b: int) -> bool:
     """RFC 1982 serial number arithmetic, 32 bits."""
     return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
@@ -528,15 +515,19 @@ class Connection:
             self._pending_flush.add(h)
 
         def done(p: Any) -> None:
-            fast = self._fast
+            if self.closing:
+                return
             for h, cdb in held:
-                if p.error is None:
-                    result = _GOOD
-                elif fast is not None:
-                    result = fast.error_result(p.error, cdb)
-                else:
+                if h.aborted:
                     continue
-                self._device_done(h, result)
+                self._pending_flush.discard(h)
+                if p.error is None:  # what the synchronous batch answers
+                    self._scsi_response(h.itt, STATUS_GOOD, b"", 0x80, 0)
+                else:
+                    result = self._fast.error_result(p.error, cdb)
+                    self._finish(0, h.itt, _NO_LUN, result, h.edtl, False, h.spdtl)
+            if self.on_output is not None:
+                self.on_output()
 
         pending.add_done_callback(done)
 
@@ -815,7 +806,7 @@ class Connection:
         read: bool,
         spdtl: int | None,
     ) -> None:
-        pending = getattr(result, "pending", None)
+        pending = result.pending if result is not None else None
         if pending is not None:
             held = FlushRequest(lun, itt, None, edtl, lun_raw, read, spdtl)
             self._pending_flush.add(held)

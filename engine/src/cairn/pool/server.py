@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from cairn.blockdev import MediumError, NoSpaceError, StoreError
+from cairn.daemon import parse_host_port, run_daemon
 from cairn.pool.replicas import Busy, OpenRefused, Replica, Replicas
 from cairn.pool.secret import SecretError, load_secret
 from cairn.replication.wire import (
@@ -902,10 +902,12 @@ class PoolServeOptions:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ServeError(f"listen address {listen!r} must be HOST:PORT (e.g. 127.0.0.1:3232)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_host_port(
+            listen, "listen address", "127.0.0.1:3232", listen=True, any_port=True
+        )
+    except ValueError as e:
+        raise ServeError(str(e)) from None
 
 
 async def run(opts: PoolServeOptions) -> int:
@@ -954,17 +956,7 @@ async def run(opts: PoolServeOptions) -> int:
 
 
 def serve(opts: PoolServeOptions) -> int:
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run  # type: ignore[assignment]
-    try:
-        return runner(run(opts))
-    except ServeError as e:
-        print(f"cairn: error: {e}", file=sys.stderr)
-        return 2
+    return run_daemon(run(opts), ServeError)
 
 
 __all__ = [

@@ -80,7 +80,6 @@ class Replica:
     inflight: dict[int, _Op] = field(default_factory=dict)
     inflight_bytes: int = 0
     rebuild: Any = None  # ``rebuild.Rebuild`` while it runs
-    attached_at: float = 0.0
     stats: dict[str, int] = field(
         default_factory=lambda: {"writes": 0, "reads": 0, "errors": 0, "rebuilds": 0}
     )
@@ -431,7 +430,6 @@ class ReplicatedVolume:
                 address,
                 r.reason,
             )
-        r.attached_at = self._clock()
         if r.high_seq > self.last_seq:
             self.last_seq = r.high_seq
             advance = getattr(self._seqs, "advance", None)

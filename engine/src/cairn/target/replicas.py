@@ -12,14 +12,17 @@ arriving together travel together.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
 import secrets as pysecrets
+import socket
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
+from cairn.daemon import parse_host_port
 from cairn.replication import wire
 from cairn.replication.volume import ReplicatedVolume
 from cairn.replication.wire import Op, Status
@@ -30,7 +33,6 @@ log = logging.getLogger("cairn.target")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 HANDSHAKE_TIMEOUT = 10.0
-BIG = 16 << 10  # a payload this large is sent at once rather than at the end of the turn
 
 
 class TargetState:
@@ -73,10 +75,7 @@ class TargetState:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"replica address {address!r} must be HOST:PORT (e.g. 10.0.0.2:3232)")
-    return host.strip("[]"), int(port)
+    return parse_host_port(address, "replica address", "10.0.0.2:3232")
 
 
 class ReplicaLink(asyncio.Protocol):
@@ -97,21 +96,15 @@ class ReplicaLink(asyncio.Protocol):
 
     # -- Link ----------------------------------------------------------------------
     def send(self, parts: list[Any]) -> None:
-        """Queue a message; small ones leave together at the end of this turn of the
-        loop, one with a payload leaves now (with those before it): the caller's
-        buffer is then free when this returns."""
+        """Queue a message.  One with a payload leaves now, with those queued before it,
+        so the caller's buffer is free again when this returns (nothing is copied);
+        the others leave together at the end of this turn of the loop."""
         if self.closed:
             return
-        if len(parts) > 1:
-            payload = parts[1]
-            if len(payload) >= BIG:
-                self.out += parts
-                self._flush()
-                return
-            if type(payload) is not bytes:  # the caller may reuse its buffer
-                parts = [parts[0], bytes(payload), *parts[2:]]
         self.out += parts
-        if not self.flushing:
+        if len(parts) > 1:
+            self._flush()
+        elif not self.flushing:
             self.flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -165,8 +158,6 @@ class ReplicaLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            import socket
-
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -303,8 +294,6 @@ class Connector:
             reply = await link.request(Op.AUTH, {"mac": mac.hex(), "nonce": nonce.hex()})
             _check(reply, "AUTH")
             proof = bytes.fromhex(str(wire.parse_json(reply.data).get("mac", "")))
-            import hmac
-
             if not hmac.compare_digest(proof, wire.server_proof(self.secret, nonce)):
                 raise ConnectionError("the pool server could not prove it knows the secret")
         opened = await link.request(

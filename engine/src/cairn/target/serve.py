@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cairn.daemon import parse_host_port, run_daemon
 from cairn.iscsi.chap import ChapConfig, load_chap_file
 from cairn.iscsi.targets import Acl, StaticDirectory, TargetSpec
 from cairn.volume import LocalVolume
@@ -47,10 +47,10 @@ class ServeOptions:
 
 
 def parse_portal(portal: str) -> tuple[str, int]:
-    host, sep, port = portal.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ServeError(f"portal {portal!r} must be HOST:PORT (e.g. 127.0.0.1:3260)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_host_port(portal, "portal", "127.0.0.1:3260", listen=True)
+    except ValueError as e:
+        raise ServeError(str(e)) from None
 
 
 def naa_from_uuid(u: uuidlib.UUID) -> bytes:
@@ -212,14 +212,4 @@ async def run(opts: ServeOptions) -> int:
 
 
 def serve(opts: ServeOptions) -> int:
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run  # type: ignore[assignment]
-    try:
-        return runner(run(opts))
-    except ServeError as e:
-        print(f"cairn: error: {e}", file=sys.stderr)
-        return 2
+    return run_daemon(run(opts), ServeError)
