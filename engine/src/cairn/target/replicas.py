@@ -4,9 +4,11 @@
 One ``Connector`` per replica address keeps a connection up: connect, HELLO, AUTH when
 a secret is set (the pool server must prove it knows the secret too), OPEN the volume
 (created on first use), then hand the link to the volume.  A lost or refused
-connection is retried with exponential backoff (0.2 s up to 5 s).  Messages sent
-during one turn of the event loop leave in one ``writelines``: replicated writes
-arriving together travel together.
+connection is retried with exponential backoff (0.2 s up to 5 s).  A message with a
+payload (a write, gathered by the fast lane from the writes that arrived together)
+leaves with one ``writev`` before ``send`` returns, together with the small messages
+queued before it; those (reads, flushes, control) otherwise leave together at the end
+of the loop's turn.
 """
 
 from __future__ import annotations
