@@ -817,3 +817,60 @@ def test_no_space_is_reported_and_the_server_keeps_serving(pool_server, small_fs
         info = c.info()
         assert info["clean_seq"] == info["high_seq"] == seq + 1
     assert "status=NO_SPACE" in srv.stderr()
+
+
+def test_writes_through_a_shared_memory_ring(shared_server):
+    """ATTACH_RING maps a ring of this process; WRITE_SHM writes what it names; a bad
+    token, an unmapped generation, a range outside the ring or a superseded session are
+    refused without harm to the connection or the data."""
+    from cairn.replication.ring import DESC, SharedRing
+
+    ring = SharedRing(8 * MiB, gen=7)
+    try:
+        with shared_server.client() as c:
+            info = c.hello()
+            assert info["shm"] is True and len(info["boot_id"]) == 32
+            c.open("shm", 4 * MiB, 512, session=5)
+            want = pattern(41, 256 << 10)
+            region = ring.alloc(len(want))
+            assert region is not None
+            ring.data(region)[:] = want
+
+            def write_shm(gen: int, off: int, length: int, offset: int = 0, seq: int = 9):
+                return c.request(
+                    Op.WRITE_SHM, seq=seq, offset=offset, length=length,
+                    data=DESC.pack(gen, off), check=False,
+                )  # fmt: skip
+
+            # before ATTACH_RING: no ring to read from
+            reply = write_shm(7, region.start, len(want))
+            assert reply.status == Status.BAD_REQUEST
+            assert b"not mapped" in bytes(reply.data)
+            bad = c.request(
+                Op.ATTACH_RING,
+                data=wire.json_payload({**ring.attach_request(), "token": "ab" * 16}),
+                check=False,
+            )
+            assert bad.status == Status.BAD_REQUEST and b"header" in bytes(bad.data)
+            c.request(Op.ATTACH_RING, data=wire.json_payload(ring.attach_request()))
+            assert write_shm(7, region.start, len(want)).status == Status.OK
+            assert c.read(0, len(want)) == want
+            assert c.read_seqs(0, 512)[1] == [9]
+            # out of the ring, another generation: refused, nothing written
+            assert write_shm(7, ring.size - 4096, 8192, offset=MiB, seq=10).status == (
+                Status.BAD_REQUEST
+            )
+            assert write_shm(8, region.start, 4096, offset=MiB, seq=10).status == (
+                Status.BAD_REQUEST
+            )
+            assert c.read(MiB, 8192) == bytes(8192)
+            # a newer session opens the replica: this connection may not change it
+            with shared_server.client() as newer:
+                newer.hello()
+                newer.open("shm", 4 * MiB, 512, session=6)
+                late = write_shm(7, region.start, 4096, offset=2 * MiB, seq=11)
+                assert late.status == Status.SUPERSEDED
+                assert newer.read(2 * MiB, 4096) == bytes(4096)
+                assert newer.read(0, len(want)) == want
+    finally:
+        ring.close()

@@ -65,6 +65,16 @@ def finish(c: Cluster, w: Workload) -> dict:
         c.target.start()
     w.stop()
     doc = c.target.wait_healthy(90)
+    # the three pool servers run on the target's machine: writes reach them through the
+    # shared-memory ring, which every fault above may have retired and replaced
+    for _ in range(50):
+        shm = c.target.status()["shared_memory"]
+        if shm["pool_servers"] == len(c.nodes):
+            break
+        time.sleep(0.1)
+    assert shm["pool_servers"] == len(c.nodes), shm
+    retired = c.target.stderr().count("event=ring_retired")
+    print(f"shared memory: {shm}; rings retired over the scenario: {retired}")
     led = w.ledger
     assert w.check_read("final read"), c.report()
     for i in range(len(c.nodes)):

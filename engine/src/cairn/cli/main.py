@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         "their I/O keeps most of its speed (0: no such limit); idle, it runs at full speed",
     )
     rep.add_argument(
+        "--shared-memory",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: pool servers on this machine get the data of writes through a "
+        "shared-memory ring instead of the network (docs/replication.md); off: always "
+        "through the network",
+    )
+    rep.add_argument(
         "--status-listen",
         default=None,
         metavar="HOST:PORT",
@@ -201,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             status_listen=args.status_listen,
             rebuild_rate=args.rebuild_rate,
             rebuild_busy_rate=args.rebuild_busy_rate,
+            shared_memory=args.shared_memory == "auto",
         )
         return serve(opts)
     if args.group == "pool":

@@ -37,6 +37,7 @@ from cairn.blockdev import MediumError, NoSpaceError, StoreError
 from cairn.daemon import parse_host_port, run_daemon
 from cairn.pool.replicas import Busy, OpenRefused, Replica, Replicas
 from cairn.pool.secret import SecretError, load_secret
+from cairn.replication.ring import DESC, MappedRing, RingError
 from cairn.replication.wire import (
     CHALLENGE_BYTES,
     COUNT,
@@ -62,6 +63,7 @@ from cairn.replication.wire import (
     server_proof,
 )
 from cairn.store import EmbeddedPool, NotFoundError, OutOfRangeError
+from cairn.store._fs import boot_id
 from cairn.store.embedded import NAME_RE
 from cairn.store.layers import MAX_SEQ
 
@@ -79,6 +81,7 @@ MAX_DIFF_RUNS = MAX_PAYLOAD // RUN.size
 
 _OK = int(Status.OK)
 _WRITE = int(Op.WRITE)
+_WRITE_SHM = int(Op.WRITE_SHM)
 _READ = int(Op.READ)
 _HELLO = int(Op.HELLO)
 _AUTH = int(Op.AUTH)
@@ -167,6 +170,8 @@ class PoolProtocol(asyncio.BufferedProtocol):
         self.flushes_out = 0
         # a message waiting for its replica to finish a flush (``Busy``)
         self.held: tuple[Any, ...] | None = None
+        # the target's shared-memory ring, when it is on this machine (ATTACH_RING)
+        self.ring: MappedRing | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -221,6 +226,9 @@ class PoolProtocol(asyncio.BufferedProtocol):
         self.held = None
         self.out = []
         self._release_sink()
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
         if self.replica is not None:
             rep, self.replica = self.replica, None
             self.server.replicas.release(rep)
@@ -467,6 +475,14 @@ class PoolProtocol(asyncio.BufferedProtocol):
                     HEADER.pack(MAGIC, VERSION, opcode | REPLY, 0, tag, seq, offset, length, 0)
                 )
                 return
+            if opcode == _WRITE_SHM:
+                if rep is None:
+                    raise Refused(Status.NOT_OPEN, "no volume is open on this connection")
+                self._write(rep, seq, offset, length, self._ring_data(payload, length))
+                self.out.append(
+                    HEADER.pack(MAGIC, VERSION, opcode | REPLY, 0, tag, seq, offset, length, 0)
+                )
+                return
             if opcode == _READ and rep is not None:
                 data = self._read(rep, offset, length)
                 self._reply(opcode, tag, seq, offset, length, _OK, data)
@@ -483,6 +499,9 @@ class PoolProtocol(asyncio.BufferedProtocol):
                 self.peer,
                 _op_name(opcode),
             )
+            if opcode == _WRITE_SHM:  # the ring may be replaced before it runs: its data
+                payload = self._ring_data(payload, length)
+                opcode = _WRITE
             self.held = (opcode, tag, seq, offset, length, bytes(payload))
             busy.replica.when_idle(self._resume)
         except Exception as exc:
@@ -580,6 +599,19 @@ class PoolProtocol(asyncio.BufferedProtocol):
         lba, _ = self._blocks(rep, offset, length, "write")
         rep.store.write(lba, data, seq)
 
+    def _ring_data(self, desc: memoryview, length: int) -> memoryview:
+        """The data a WRITE_SHM names in the attached ring."""
+        ring = self.ring
+        if len(desc) != DESC.size:
+            raise Refused(Status.BAD_REQUEST, f"WRITE_SHM payload must be {DESC.size} bytes")
+        gen, off = DESC.unpack(desc)
+        if ring is None or ring.gen != gen:
+            raise Refused(Status.BAD_REQUEST, f"WRITE_SHM names ring {gen}, which is not mapped")
+        try:
+            return ring.data(off, length)
+        except RingError as e:
+            raise Refused(Status.BAD_REQUEST, f"WRITE_SHM: {e}") from None
+
     def _read(self, rep: Replica, offset: int, length: int) -> bytes:
         if length > MAX_IO:
             raise Refused(Status.BAD_REQUEST, f"read: length {length} exceeds {MAX_IO}")
@@ -604,6 +636,9 @@ class PoolProtocol(asyncio.BufferedProtocol):
             "pool": self.server.name,
             "version": VERSION,
             "auth": self.server.secret is not None,
+            # a target with the same boot id is on this machine: it may share a ring
+            "boot_id": boot_id().hex(),
+            "shm": True,
         }
         if self.server.secret is not None and not self.authed:
             self.challenge = os.urandom(CHALLENGE_BYTES)
@@ -699,6 +734,27 @@ class PoolProtocol(asyncio.BufferedProtocol):
             "meta": rep.meta,
         }
         self._reply(op, tag, seq, offset, length, _OK, json_payload(info))
+
+    def op_attach_ring(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        """Map the target's ring (``cairn.replication.ring``) in place of any earlier
+        one: every message that named the earlier one arrived before this."""
+        try:
+            ring = MappedRing(self._json(p))
+        except RingError as e:
+            raise Refused(Status.BAD_REQUEST, f"cannot map the ring: {e}") from None
+        if self.ring is not None:
+            self.ring.close()
+        self.ring = ring
+        log.debug(
+            "event=ring_attached pool=%s peer=%s gen=%d size=%d",
+            self.server.name,
+            self.peer,
+            ring.gen,
+            ring.size,
+        )
+        self._reply(op, tag, seq, offset, length)
 
     def op_unmap(
         self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
@@ -871,7 +927,7 @@ def _op_name(opcode: int) -> str:
 
 
 # requests that change a replica: refused on a superseded connection
-_CHANGES = frozenset((Op.WRITE, Op.UNMAP, Op.REBUILD, Op.SET_META, Op.RESIZE))
+_CHANGES = frozenset((Op.WRITE, Op.WRITE_SHM, Op.UNMAP, Op.REBUILD, Op.SET_META, Op.RESIZE))
 
 _HANDLERS: dict[int, Callable[..., None]] = {
     int(Op.HELLO): PoolProtocol.op_hello,
@@ -887,6 +943,7 @@ _HANDLERS: dict[int, Callable[..., None]] = {
     int(Op.SET_META): PoolProtocol.op_set_meta,
     int(Op.RESIZE): PoolProtocol.op_resize,
     int(Op.CLOSE): PoolProtocol.op_close,
+    int(Op.ATTACH_RING): PoolProtocol.op_attach_ring,
 }
 
 

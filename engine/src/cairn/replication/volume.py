@@ -191,6 +191,9 @@ class ReplicatedVolume:
         self.rebuild_busy_rate = 64 << 20
         self.last_io = -1e9  # clock time of the last read or write
         self._cf_given = consistency_factor is not None
+        #: the shared-memory rings for pool servers on this machine
+        #: (``cairn.replication.ring.RingHost``), or None: data always in the messages
+        self.shared: Any = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -240,6 +243,15 @@ class ReplicatedVolume:
         return op.pending
 
     read_extents = read
+
+    def payload_buffer(self, nbytes: int) -> tuple[int, memoryview] | None:
+        """A buffer in the shared ring for the data of a write (so that it is not
+        copied there), or None; give it back with ``release_payload_buffer``."""
+        shared = self.shared
+        return shared.payload_buffer(nbytes) if shared is not None else None
+
+    def release_payload_buffer(self, handle: int) -> None:
+        self.shared.release_payload_buffer(handle)
 
     def write(self, lba: int, data: Buffer, fua: bool = False) -> Pending:
         if len(data) > MAX_MESSAGE:  # one message per MAX_MESSAGE, in order
@@ -292,6 +304,7 @@ class ReplicatedVolume:
     def _dispatch(self, op: _Op) -> None:
         op.tag = tag = self.next_tag()
         bs = self._bs
+        placed = None
         if op.kind == WRITE:
             op.seq = self._next_seq()
             msg = wire.encode(
@@ -303,6 +316,8 @@ class ReplicatedVolume:
                 data=op.data,
             )
             to = [r for r in self.replicas if r.state in (HEALTHY, REBUILDING)]
+            if self.shared is not None:
+                placed = self.shared.place(op.data)
         elif op.kind == UNMAP:
             op.seq = self._next_seq()
             msg = wire.encode(
@@ -316,8 +331,23 @@ class ReplicatedVolume:
         now = self._clock()
         op.sent_at = now
         size = op.count * self._bs if op.kind == WRITE else 0
-        for r in to:
-            self._send(r, msg, op, size)
+        if placed is None:
+            for r in to:
+                self._send(r, msg, op, size)
+        else:
+            # pool servers that map the ring get where the data is, the others the data
+            region, desc = placed
+            shm = wire.encode(
+                Op.WRITE_SHM, tag=tag, seq=op.seq, offset=op.lba * bs, length=size, data=desc
+            )
+            for r in to:
+                if getattr(r.link, "ring", None) is region.ring:
+                    r.inflight[tag] = op
+                    r.inflight_bytes += size
+                    r.link.send_shm(shm, tag, region)  # type: ignore[union-attr]
+                else:
+                    self._send(r, msg, op, size)
+            region.release()
         op.data = None  # on its way (or copied by the links): not kept
         self._check(op)
 
@@ -767,6 +797,7 @@ class ReplicatedVolume:
                 for r in self.replicas
             ],
             "events": [{"time": t, "event": e} for t, e in self.events],
+            "shared_memory": self.shared.status() if self.shared is not None else None,
         }
 
 

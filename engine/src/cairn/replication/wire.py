@@ -63,6 +63,10 @@ class Op(IntEnum):
     SET_META = 12
     RESIZE = 13
     CLOSE = 14
+    #: map the target's shared-memory ring (``cairn.replication.ring``); same machine only
+    ATTACH_RING = 15
+    #: a WRITE whose data is in the ring: the payload is ``ring.DESC`` (generation, offset)
+    WRITE_SHM = 16
 
 
 class Status(IntEnum):

@@ -26,9 +26,10 @@ from typing import Any
 
 from cairn.daemon import parse_host_port
 from cairn.replication import wire
+from cairn.replication.ring import Region, RingHost, SharedRing
 from cairn.replication.volume import ReplicatedVolume
 from cairn.replication.wire import Op, Status
-from cairn.store._fs import atomic_write_json
+from cairn.store._fs import atomic_write_json, boot_id
 
 log = logging.getLogger("cairn.target")
 
@@ -95,6 +96,87 @@ class ReplicaLink(asyncio.Protocol):
         self.closed = False
         self.handshake: asyncio.Future[wire.Message] | None = None
         self.fd = -1  # our own descriptor of the socket, for writev
+        # the shared-memory ring the pool server has mapped (same machine), the
+        # regions its unanswered WRITE_SHMs name, and a ring being attached
+        self.ring: SharedRing | None = None
+        self.shm_refs: dict[int, Region] = {}
+        self.attaching: tuple[int, SharedRing] | None = None
+
+    # -- shared memory ---------------------------------------------------------------
+    def send_shm(self, parts: list[Any], tag: int, region: Region) -> None:
+        """Send a WRITE_SHM naming ``region``, which stays in use until the answer."""
+        if self.closed:
+            return
+        region.refs += 1
+        self.shm_refs[tag] = region
+        # small and immutable (header and ring address): leaves with the others at
+        # the end of this turn of the loop, one system call for all of them
+        self.out += parts
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def use_ring(self, ring: SharedRing) -> None:
+        self.ring = ring
+        ring.users += 1
+
+    def drop_ring(self) -> None:
+        """Stop naming the ring; if WRITE_SHMs are unanswered, nothing may ever be
+        written into their regions again (``cairn.replication.ring``): retire it."""
+        if self.ring is not None:
+            self.ring.users -= 1
+            self.ring = None
+        if not self.shm_refs:
+            return
+        host = self.connector.rings
+        refs, self.shm_refs = self.shm_refs, {}
+        retired = {region.ring for region in refs.values() if not region.ring.retired}
+        for ring in retired:
+            if host is not None:
+                host.retire(ring)
+        for region in refs.values():
+            region.release()
+        if retired and host is not None:
+            # the other pool servers on this machine move to the replacement
+            fresh = host.ring()
+            for r in self.volume.replicas:
+                link = r.link
+                if (
+                    isinstance(link, ReplicaLink)
+                    and link is not self
+                    and link.ring in retired
+                    and fresh is not None
+                ):
+                    link.attach_ring(fresh)
+
+    def attach_ring(self, ring: SharedRing) -> None:
+        """Ask the pool server to map ``ring`` (a replacement after a retirement); its
+        answer comes through ``data_received``, and until then data goes in the
+        messages."""
+        if self.closed or not self.attached:
+            return
+        if self.ring is not None:
+            self.ring.users -= 1
+            self.ring = None
+        tag = self.volume.next_tag()
+        self.attaching = (tag, ring)
+        self.send(
+            wire.encode(Op.ATTACH_RING, tag=tag, data=wire.json_payload(ring.attach_request()))
+        )
+
+    def _attached_ring(self, msg: wire.Message) -> None:
+        assert self.attaching is not None
+        _, ring = self.attaching
+        self.attaching = None
+        if msg.status == Status.OK and not ring.retired:
+            self.use_ring(ring)
+        elif msg.status != Status.OK:
+            log.warning(
+                "event=ring_refused volume=%s replica=%s error=%r",
+                self.volume.name,
+                self.address,
+                _error_text(msg),
+            )
 
     # -- Link ----------------------------------------------------------------------
     def send(self, parts: list[Any]) -> None:
@@ -146,6 +228,7 @@ class ReplicaLink(asyncio.Protocol):
     def close(self, reason: str) -> None:
         if not self.closed:
             self.closed = True
+            self.drop_ring()
             log.info(
                 "event=replica_link_close volume=%s replica=%s reason=%r",
                 self.volume.name,
@@ -177,6 +260,13 @@ class ReplicaLink(asyncio.Protocol):
                 if self.handshake is not None and not self.handshake.done():
                     self.handshake.set_result(msg)
                 continue
+            if self.shm_refs:
+                region = self.shm_refs.pop(msg.tag, None)
+                if region is not None:
+                    region.release()
+            if self.attaching is not None and msg.tag == self.attaching[0]:
+                self._attached_ring(msg)
+                continue
             try:
                 self.volume.on_reply(self.address, self, msg)
             except Exception:
@@ -188,6 +278,7 @@ class ReplicaLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.drop_ring()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -230,6 +321,11 @@ class Connector:
         self.stopped = False
         self.task: asyncio.Task[None] | None = None
         self.last_error = ""
+        self.last_ring_error = ""
+
+    @property
+    def rings(self) -> RingHost | None:
+        return self.volume.shared  # type: ignore[no-any-return]
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -311,11 +407,47 @@ class Connector:
             },
         )
         _check(opened, "OPEN")
+        if self.rings is not None and info.get("shm") and info.get("boot_id") == _BOOT_ID:
+            await self._share_ring(link)
         if link.closed:
             raise ConnectionError("connection closed during the handshake")
         link.attached = True
         self.last_error = ""
         self.volume.attach(self.address, link, wire.parse_json(opened.data))
+
+    async def _share_ring(self, link: ReplicaLink) -> None:
+        """The pool server is on this machine: let it map the volume's ring.  When it
+        cannot, the data goes in the messages (said once per reason)."""
+        assert self.rings is not None
+        ring = self.rings.ring()
+        error = self.rings.error
+        if ring is not None:
+            reply = await link.request(Op.ATTACH_RING, ring.attach_request())
+            if reply.status == Status.OK:
+                if not ring.retired:
+                    link.use_ring(ring)
+                self.last_ring_error = ""
+                log.info("event=ring_shared volume=%s replica=%s", self.volume.name, self.address)
+                return
+            error = _error_text(reply)
+        if error != self.last_ring_error:
+            log.warning(
+                "event=ring_not_shared volume=%s replica=%s error=%r",
+                self.volume.name,
+                self.address,
+                error,
+            )
+            self.last_ring_error = error
+
+
+_BOOT_ID = boot_id().hex()
+
+
+def _error_text(msg: wire.Message) -> str:
+    try:
+        return str(wire.parse_json(msg.data).get("error", "")) or Status(msg.status).name
+    except (wire.ProtocolError, ValueError):
+        return f"status {msg.status}"
 
 
 def _check(msg: wire.Message, what: str) -> None:

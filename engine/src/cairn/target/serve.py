@@ -44,6 +44,7 @@ class ServeOptions:
     status_listen: str | None = None
     rebuild_rate: int = 0
     rebuild_busy_rate: int = 64 << 20
+    shared_memory: bool = True  # a ring for the pool servers on this machine
 
 
 def parse_portal(portal: str) -> tuple[str, int]:
@@ -93,6 +94,7 @@ def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
     started yet)."""
     from cairn.blockdev import StoreError
     from cairn.pool.secret import load_secret  # the same file format as the pool servers'
+    from cairn.replication.ring import RingHost
     from cairn.replication.volume import ReplicatedVolume
     from cairn.target.replicas import Connector, TargetState, parse_address
     from cairn.volume import SeqAllocator
@@ -122,6 +124,8 @@ def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
         raise ServeError(str(e)) from e
     device.rebuild_rate = opts.rebuild_rate
     device.rebuild_busy_rate = opts.rebuild_busy_rate
+    if opts.shared_memory:
+        device.shared = RingHost()
     connectors = [Connector(device, a, opts.size, opts.block_size, secret) for a in opts.replicas]
     return device, state.uuid, connectors
 
@@ -204,6 +208,9 @@ async def run(opts: ServeOptions) -> int:
             status_server.close()
         for c in connectors:
             await c.stop()
+        shared = getattr(device, "shared", None)
+        if shared is not None:
+            shared.close()
     else:
         await loop.run_in_executor(None, device.flush)
         device.close()
