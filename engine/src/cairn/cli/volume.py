@@ -80,6 +80,16 @@ def print_status(doc: dict[str, Any]) -> None:
                 f" at {_human(rb['rate_bytes_per_s'])}/s{eta})"
             )
         print(f"  {r['address']:24} {r['state']:11} {r['seq']:>10}  {extra}")
+    shm = doc.get("shared_memory")
+    if shm:
+        if shm.get("error"):
+            print(f"  shared memory: unavailable ({shm['error']})")
+        else:
+            print(
+                f"  shared memory: ring {shm['generation']} ({_human(shm['ring_bytes'])}) "
+                f"mapped by {shm['pool_servers']} pool server(s) on this machine; "
+                f"{shm['retired']} retired, full {shm['full']} time(s)"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
