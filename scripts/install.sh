@@ -9,6 +9,7 @@ APT_PACKAGES=(
   libiscsi-bin            # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf
   qemu-utils qemu-block-extra qemu-system-common   # qemu-img/qemu-io over libiscsi, qemu-storage-daemon
   tgt                     # the peer target for benchmarks
+  zfs-fuse                # ZFS in user space: zpool/zfs for the pool module and its tests
   fuse3 e2fsprogs util-linux kmod procps iproute2
 )
 
