@@ -73,7 +73,7 @@ def finish(c: Cluster, w: Workload) -> dict:
             break
         time.sleep(0.1)
     assert shm["pool_servers"] == len(c.nodes), shm
-    retired = c.target.stderr().count("event=ring_retired")
+    retired = c.target.log.read_text(errors="replace").count("event=ring_retired")
     print(f"shared memory: {shm}; rings retired over the scenario: {retired}")
     led = w.ledger
     assert w.check_read("final read"), c.report()

@@ -114,15 +114,38 @@ def test_a_retired_ring_is_never_allocated_again_and_closes_when_free() -> None:
     placed = host.place(b"x" * 4096)
     assert placed is not None
     region, _ = placed
+    lent = host.payload_buffer(4096)
+    assert lent is not None
+    handle, buf = lent
+    assert old.locate(buf) is not None
     host.retire(old)
     assert old.alloc(512) is None
-    assert old.locate(old.data(region)) is None
+    assert old.locate(buf) is None
     new = host.ring()
     assert new is not None and new is not old and new.gen == old.gen + 1
-    assert old in host.old and old.fd >= 0
-    region.release()  # the last region: unmapped
-    assert old not in host.old and old.fd == -1
+    # a lent buffer is still written into: the mapping stays while it lives
+    assert old in host.old and old.mapped
+    buf[:] = b"y" * 4096
+    host.release_payload_buffer(handle)
+    del buf, lent
+    assert old in host.old  # the region sent to a pool server is still in use
+    region.release()  # the last region: forgotten, and unmapped
+    assert old not in host.old and not old.mapped and old.fd == -1
     assert host.status()["retired"] == 1
+    host.close()
+
+
+def test_a_retired_ring_without_lent_buffers_is_unmapped_at_once() -> None:
+    host = RingHost(DATA + 2 * MIB)
+    old = host.ring()
+    assert old is not None
+    old.users = 1
+    placed = host.place(b"x" * 4096)
+    assert placed is not None
+    host.retire(old)
+    assert not old.mapped  # the pool servers read through their own mappings
+    placed[0].release()
+    assert old not in host.old
     host.close()
 
 

@@ -48,7 +48,7 @@ DATA = 4096
 DESC = struct.Struct(">QQ")
 MEMFD_NAME = "cairn-ring"
 ALIGN = 64
-DEFAULT_SIZE = 24 << 20
+DEFAULT_SIZE = 16 << 20
 
 
 class RingError(Exception):
@@ -151,6 +151,10 @@ class SharedRing:
     def data(self, region: Region) -> memoryview:
         return self.view[region.start : region.end]
 
+    @property
+    def mapped(self) -> bool:
+        return not self.mm.closed
+
     def locate(self, data: Any) -> tuple[Region, int] | None:
         """The live region that holds ``data`` (a view of this ring) and the data's
         offset in the ring; None when ``data`` is not in this ring."""
@@ -165,25 +169,31 @@ class SharedRing:
 
     # -- life ------------------------------------------------------------------------
     def retire(self) -> None:
-        """Never allocate here again; unmapped once every region is free."""
+        """Never allocate here again.  The target's own mapping goes at once when no
+        buffer of it is lent (the pool servers read through theirs), else once every
+        region is free."""
         if not self.retired:
             self.retired = True
             if not self.regions and self.on_empty is not None:
                 self.on_empty(self)
+            else:
+                self.close()
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """Unmap and close (the pool servers' mappings stay valid until they drop
-        them).  A view still exported (a buffer someone still holds) keeps the mapping
-        until it is released."""
-        if self.fd < 0:
-            return
-        os.close(self.fd)
-        self.fd = -1
+        them); False while a view of it is still held (a lent buffer), and then the
+        mapping goes with the last such view."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.mm.closed:
+            return True
         try:
             self.view.release()
             self.mm.close()
         except BufferError:
-            pass  # unmapped with the last view of it
+            return False
+        return True
 
 
 class RingHost:
