@@ -79,17 +79,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def destroy_pool(name: str) -> None:
-    """Tear a test pool down the way zfs-fuse likes it: sync, unmount, destroy -f."""
-    os.sync()
-    datasets = subprocess.run(
-        ["zfs", "list", "-H", "-r", "-o", "name", "-t", "filesystem", name],
+def _mounted_filesystems(pool: str) -> list[str]:
+    out = subprocess.run(
+        ["zfs", "list", "-H", "-r", "-o", "name,mounted", "-t", "filesystem", pool],
         capture_output=True,
         text=True,
         check=False,
-    ).stdout.split()
-    for dataset in reversed(datasets):
-        subprocess.run(["zfs", "unmount", "-f", dataset], capture_output=True, check=False)
+    ).stdout
+    return [f[0] for f in (line.split("\t") for line in out.splitlines()) if f[-1] == "yes"]
+
+
+def destroy_pool(name: str) -> None:
+    """Tear a test pool down the way zfs-fuse likes it: sync, unmount, destroy.
+
+    Never a forced unmount: a filesystem unmounted with ``-f`` while a file in it is open
+    wedges zfs-fuse (its pool stays busy for good, and new mounts of any pool hang), so a
+    test that leaves a file open gets an error here instead.
+    """
+    os.sync()
+    deadline = time.monotonic() + 15.0
+    while True:
+        refused = []
+        for dataset in reversed(_mounted_filesystems(name)):
+            result = subprocess.run(
+                ["zfs", "unmount", dataset], capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0 and "not currently mounted" not in result.stderr:
+                refused.append(f"{dataset}: {result.stderr.strip()}")
+        if not refused:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"cannot unmount {refused[0]} of test pool {name} (is a file in it still "
+                "open? a forced unmount would wedge zfs-fuse)"
+            )
+        time.sleep(0.2)
     # zfs-fuse may call a pool busy for a moment after its filesystems were unmounted
     deadline = time.monotonic() + 15.0
     while True:
