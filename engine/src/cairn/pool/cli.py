@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,33 @@ def add_parser(sub: Any) -> None:
         "serve",
         help="serve the replicas of one pool over the replication protocol",
         description=(
-            "Serve the replicas kept in the embedded store in PATH (created when absent) "
+            "Serve the replicas kept in the embedded store in DIR (created when absent), "
+            "or with --backend zfs in datasets of the ZFS pool POOL (POOL/cairn/VOLUME), "
             "over the replication protocol. Prints 'ready pool=NAME listen=HOST:PORT' on "
             "stdout when listening; logs go to stderr. SIGTERM or SIGINT stop it cleanly."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--name", required=True, help="the pool's name")
-    serve.add_argument("--path", required=True, type=Path, help="directory of the embedded store")
+    serve.add_argument(
+        "--backend",
+        choices=("embedded", "zfs"),
+        default="embedded",
+        help="where replicas live: sparse files in --path, or ZFS datasets in --zpool",
+    )
+    serve.add_argument(
+        "--path",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory of the embedded store (--backend embedded)",
+    )
+    serve.add_argument(
+        "--zpool",
+        default=None,
+        metavar="POOL",
+        help="ZFS pool (volumes in POOL/cairn/VOLUME) or root dataset POOL/DATASET (--backend zfs)",
+    )
     serve.add_argument(
         "--listen",
         default=f"127.0.0.1:{DEFAULT_PORT}",
@@ -47,9 +67,19 @@ def run(args: argparse.Namespace) -> int:
     from cairn.pool.server import PoolServeOptions, serve
 
     if args.action == "serve":
+        needs = {"embedded": ("--path DIR", args.path), "zfs": ("--zpool POOL", args.zpool)}
+        option, value = needs[args.backend]
+        if value is None:
+            print(f"cairn: error: --backend {args.backend} needs {option}", file=sys.stderr)
+            return 2
         return serve(
             PoolServeOptions(
-                name=args.name, path=args.path, listen=args.listen, secret_file=args.secret_file
+                name=args.name,
+                path=args.path,
+                listen=args.listen,
+                secret_file=args.secret_file,
+                backend=args.backend,
+                zpool=args.zpool,
             )
         )
     raise SystemExit(f"cairn pool: unknown action {args.action!r}")

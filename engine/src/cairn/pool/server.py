@@ -29,7 +29,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
@@ -950,12 +950,45 @@ _HANDLERS: dict[int, Callable[..., None]] = {
 # -- the daemon ----------------------------------------------------------------------------
 
 
+BACKENDS = ("embedded", "zfs")
+
+
 @dataclass
 class PoolServeOptions:
     name: str
-    path: Path
+    #: the directory of the embedded store (``backend="embedded"``)
+    path: Path | None = None
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     secret_file: Path | None = None
+    #: ``embedded`` (sparse files in ``path``) or ``zfs`` (datasets in ``zpool``)
+    backend: str = "embedded"
+    #: the ZFS pool (``tank``: volumes in ``tank/cairn/<volume>``) or root dataset
+    zpool: str | None = None
+
+
+def open_pool(opts: PoolServeOptions) -> tuple[EmbeddedPool, str]:
+    """The store the options name, and where it is (for messages).  The ZFS pool offers
+    the embedded pool's API (``docs/zfs.md``), so the server treats both alike."""
+    if opts.backend == "embedded":
+        if opts.path is None or opts.zpool is not None:
+            raise ServeError("--backend embedded takes --path DIR (and no --zpool)")
+        where = str(opts.path)
+        try:
+            return EmbeddedPool(opts.path), where
+        except (StoreError, OSError) as e:
+            raise ServeError(f"cannot open the pool in {where}: {e}") from e
+    if opts.backend == "zfs":
+        if opts.zpool is None or opts.path is not None:
+            raise ServeError("--backend zfs takes --zpool POOL (and no --path)")
+        from cairn.store.zfs import ZfsPool
+
+        where = opts.zpool
+        try:
+            zfs_pool = ZfsPool(opts.zpool)
+        except (StoreError, OSError) as e:
+            raise ServeError(f"cannot open the ZFS pool {where}: {e}") from e
+        return cast(EmbeddedPool, zfs_pool), f"{zfs_pool.root} ({zfs_pool.path})"
+    raise ServeError(f"unknown backend {opts.backend!r}: use one of {', '.join(BACKENDS)}")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -980,10 +1013,7 @@ async def run(opts: PoolServeOptions) -> int:
             secret = load_secret(opts.secret_file)
         except SecretError as e:
             raise ServeError(str(e)) from e
-    try:
-        pool = EmbeddedPool(opts.path)
-    except (StoreError, OSError) as e:
-        raise ServeError(f"cannot open the pool in {opts.path}: {e}") from e
+    pool, where = open_pool(opts)
     server = PoolServer(opts.name, pool, secret)
     try:
         host, port = await server.start(host, port)
@@ -996,9 +1026,10 @@ async def run(opts: PoolServeOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "event=serving pool=%s path=%s listen=%s:%d auth=%s",
+        "event=serving pool=%s backend=%s path=%s listen=%s:%d auth=%s",
         opts.name,
-        opts.path,
+        opts.backend,
+        where,
         host,
         port,
         "hmac-sha256" if secret is not None else "none",
@@ -1017,12 +1048,14 @@ def serve(opts: PoolServeOptions) -> int:
 
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_PORT",
     "MAX_DIFF_BLOCKS",
     "PoolProtocol",
     "PoolServeOptions",
     "PoolServer",
     "ServeError",
+    "open_pool",
     "parse_listen",
     "run",
     "serve",
