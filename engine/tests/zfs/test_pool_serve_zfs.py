@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import random
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 
 from cairn.pool.client import PoolClient, PoolError
 from cairn.replication.wire import Status
+from cairn.zfs.pools import ResilverProgress
 
 from .conftest import ZfsLab
 
@@ -170,3 +173,88 @@ def test_pool_serve_zfs_refuses_a_missing_pool_or_option(tmp_path: Path, zfs_fus
             timeout=60,
         )
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_replace_a_disk_in_raidz2_while_a_volume_takes_writes(lab: ZfsLab, tmp_path: Path) -> None:
+    """A replica on a raidz2 pool keeps taking writes while one of the pool's disks is
+    replaced; every write acknowledged before, during and after the resilver reads back
+    as written, also after the pool server restarts."""
+    disks = lab.files(4, size=256 * MiB)
+    (spare,) = lab.files(1, size=256 * MiB)
+    zpool = lab.name()
+    lab.pools.create(zpool, "raidz2", disks, mountpoint=lab.mountpoint(zpool))
+    srv = ZfsPoolServer(tmp_path, zpool).start()
+    size, chunk = 32 * MiB, 64 * 1024
+    acked: dict[int, bytes] = {}  # offset -> the data of the last acknowledged write there
+    during: list[int] = []  # seqs acknowledged while the resilver ran
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    resilvering = threading.Event()
+
+    def writer() -> None:
+        rnd = random.Random(11)
+        seq = 0
+        try:
+            with srv.client() as c:
+                c.open("vol-r", size, 4096, session=1)
+                # fill first, so that the resilver has data to copy
+                for off in range(0, size, 1 << 20):
+                    seq += 1
+                    c.write(off, pattern(seq, 1 << 20), seq=seq)
+                    for o in range(off, off + (1 << 20), chunk):
+                        acked[o] = pattern(seq, 1 << 20)[o - off : o - off + chunk]
+                c.flush()
+                resilvering.set()
+                while not stop.is_set():
+                    seq += 1
+                    off = rnd.randrange(size // chunk) * chunk
+                    data = pattern(seq, chunk)
+                    c.write(off, data, seq=seq)
+                    acked[off] = data
+                    during.append(seq)
+                    if seq % 16 == 0:
+                        c.flush()
+                c.flush()
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+            resilvering.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert resilvering.wait(120), "the volume was not filled"
+        reports: list[ResilverProgress] = []
+        result = lab.pools.replace(
+            zpool, disks[1], spare, wait=True, interval=0.05, on_progress=reports.append
+        )
+        writes_while_replacing = len(during)
+        stop.set()
+        thread.join(120)
+        assert not thread.is_alive() and not errors, errors
+        assert result.changed, result.message
+        assert [r for r in reports if r.in_progress], f"no resilver seen: {reports}"
+        assert writes_while_replacing > 0, "no write was acknowledged during the resilver"
+        print(
+            f"{writes_while_replacing} writes acknowledged during the replace; "
+            f"{len(reports)} progress readings, last {reports[-1].percent}%"
+        )
+        status = lab.pools.status(zpool)
+        assert status.group_members() == [(disks[0], spare, disks[2], disks[3])]
+        assert status.state == "ONLINE"
+        assert all(leaf.checksum_errors == 0 for leaf in status.leaves())
+
+        def verify() -> None:
+            with srv.client() as c:
+                c.open("vol-r", size, 4096, create=False)
+                for off in range(0, size, chunk):
+                    assert c.read(off, chunk) == acked[off], f"offset {off}"
+
+        verify()
+        assert srv.stop() == 0, srv.stderr()
+        srv.start()
+        verify()
+    finally:
+        stop.set()
+        thread.join(60)
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop(signal.SIGKILL)
