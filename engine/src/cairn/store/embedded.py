@@ -1081,29 +1081,9 @@ class EmbeddedPool:
             record = meta["volumes"].get(name)
             if record is None:
                 return self.create_volume(name, size_bytes, block_size)
-            if record["block_size"] != block_size:
-                raise StoreError(
-                    f"volume {name!r} exists with block size {record['block_size']}, "
-                    f"not {block_size}"
-                )
-            if size_bytes % block_size:
-                raise StoreError(
-                    f"volume {name!r}: size {size_bytes} is not a multiple of {block_size}"
-                )
-            current = record["num_blocks"] * block_size
-            if size_bytes < current:
-                raise StoreError(
-                    f"volume {name!r} exists with {current} bytes; shrinking it to "
-                    f"{size_bytes} bytes is not supported"
-                )
-            volume = self.open_volume(name)
-            if size_bytes > current:
-                try:
-                    volume.resize(size_bytes // block_size)
-                except BaseException:
-                    volume.close()
-                    raise
-            return volume
+            return reopen_grown(
+                self, name, size_bytes, block_size, record["block_size"], record["num_blocks"]
+            )
 
     def list_volumes(self) -> list[VolumeInfo]:
         meta = self._meta.load()
@@ -1207,3 +1187,28 @@ __all__ = [
     "SnapshotInfo",
     "VolumeInfo",
 ]
+
+
+def reopen_grown(
+    pool: Any, name: str, size_bytes: int, block_size: int, have_bs: int, have_blocks: int
+) -> Any:
+    """``open_or_create`` of a volume that exists (``have_bs``, ``have_blocks``): the
+    block size must match and the size may only grow, which it does here."""
+    if have_bs != block_size:
+        raise StoreError(f"volume {name!r} exists with block size {have_bs}, not {block_size}")
+    if size_bytes % block_size:
+        raise StoreError(f"volume {name!r}: size {size_bytes} is not a multiple of {block_size}")
+    current = have_blocks * block_size
+    if size_bytes < current:
+        raise StoreError(
+            f"volume {name!r} exists with {current} bytes; shrinking it to "
+            f"{size_bytes} bytes is not supported"
+        )
+    volume = pool.open_volume(name)
+    if size_bytes > current:
+        try:
+            volume.resize(size_bytes // block_size)
+        except BaseException:
+            volume.close()
+            raise
+    return volume

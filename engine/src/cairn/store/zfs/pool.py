@@ -32,6 +32,7 @@ from cairn.store.embedded import (
     VOLUMES_DIR,
     EmbeddedPool,
     VolumeInfo,
+    reopen_grown,
 )
 from cairn.store.errors import BusyError, ExistsError, NotFoundError
 from cairn.store.journal import Journal
@@ -296,27 +297,9 @@ class ZfsPool:
             if not self._datasets.exists(dataset):
                 return self.create_volume(name, size_bytes, block_size)
             files = self._files(self._mounted(dataset), name)
-            if files.block_size != block_size:
-                raise StoreError(
-                    f"volume {name!r} exists with block size {files.block_size}, not {block_size}"
-                )
-            if size_bytes % block_size:
-                raise StoreError(
-                    f"volume {name!r}: size {size_bytes} is not a multiple of {block_size}"
-                )
-            current = files.num_blocks * block_size
-            if size_bytes < current:
-                raise StoreError(
-                    f"volume {name!r} exists with {current} bytes; shrinking it to "
-                    f"{size_bytes} bytes is not supported"
-                )
-            volume = self.open_volume(name)
-            if size_bytes > current:
-                try:
-                    volume.resize(size_bytes // block_size)
-                except BaseException:
-                    volume.close()
-                    raise
+            volume: ZfsVolume = reopen_grown(
+                self, name, size_bytes, block_size, files.block_size, files.num_blocks
+            )
             return volume
 
     def list_volumes(self) -> list[VolumeInfo]:
