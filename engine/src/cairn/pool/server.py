@@ -467,18 +467,12 @@ class PoolProtocol(asyncio.BufferedProtocol):
             self._superseded(opcode, tag, seq, offset, length, rep)
             return
         try:
-            if opcode == _WRITE:  # the hot path first, inline
+            if opcode == _WRITE or opcode == _WRITE_SHM:  # the hot path first, inline
                 if rep is None:
                     raise Refused(Status.NOT_OPEN, "no volume is open on this connection")
+                if opcode == _WRITE_SHM:  # the data is in the target's ring
+                    payload = self._ring_data(payload, length)
                 self._write(rep, seq, offset, length, payload)
-                self.out.append(
-                    HEADER.pack(MAGIC, VERSION, opcode | REPLY, 0, tag, seq, offset, length, 0)
-                )
-                return
-            if opcode == _WRITE_SHM:
-                if rep is None:
-                    raise Refused(Status.NOT_OPEN, "no volume is open on this connection")
-                self._write(rep, seq, offset, length, self._ring_data(payload, length))
                 self.out.append(
                     HEADER.pack(MAGIC, VERSION, opcode | REPLY, 0, tag, seq, offset, length, 0)
                 )

@@ -342,21 +342,23 @@ class ReplicatedVolume:
             )
             for r in to:
                 if getattr(r.link, "ring", None) is region.ring:
-                    r.inflight[tag] = op
-                    r.inflight_bytes += size
-                    r.link.send_shm(shm, tag, region)  # type: ignore[union-attr]
+                    self._send(r, shm, op, size, region)
                 else:
                     self._send(r, msg, op, size)
             region.release()
         op.data = None  # on its way (or copied by the links): not kept
         self._check(op)
 
-    def _send(self, r: Replica, msg: list[Any], op: _Op, size: int) -> None:
+    def _send(self, r: Replica, msg: list[Any], op: _Op, size: int, region: Any = None) -> None:
+        """Send ``msg`` for ``op``; a WRITE_SHM names ``region`` of the shared ring."""
         assert r.link is not None
         op.sent_at = self._clock()
         r.inflight[op.tag] = op
         r.inflight_bytes += size
-        r.link.send(msg)
+        if region is None:
+            r.link.send(msg)
+        else:
+            r.link.send_shm(msg, op.tag, region)  # type: ignore[attr-defined]
 
     def new_session(self) -> int:
         """A number for a new connection to a replica, above every number (write or

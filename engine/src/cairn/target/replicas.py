@@ -116,38 +116,35 @@ class ReplicaLink(asyncio.Protocol):
             self.flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def use_ring(self, ring: SharedRing) -> None:
+    def use_ring(self, ring: SharedRing | None) -> None:
+        """Name ``ring`` from now on (None: no ring, data in the messages)."""
+        if self.ring is not None:
+            self.ring.users -= 1
         self.ring = ring
-        ring.users += 1
+        if ring is not None:
+            ring.users += 1
 
     def drop_ring(self) -> None:
         """Stop naming the ring; if WRITE_SHMs are unanswered, nothing may ever be
         written into their regions again (``cairn.replication.ring``): retire it."""
-        if self.ring is not None:
-            self.ring.users -= 1
-            self.ring = None
-        if not self.shm_refs:
-            return
+        self.use_ring(None)
         host = self.connector.rings
+        if not self.shm_refs or host is None:
+            return
         refs, self.shm_refs = self.shm_refs, {}
         retired = {region.ring for region in refs.values() if not region.ring.retired}
         for ring in retired:
-            if host is not None:
-                host.retire(ring)
+            host.retire(ring)
         for region in refs.values():
             region.release()
-        if retired and host is not None:
-            # the other pool servers on this machine move to the replacement
-            fresh = host.ring()
-            for r in self.volume.replicas:
-                link = r.link
-                if (
-                    isinstance(link, ReplicaLink)
-                    and link is not self
-                    and link.ring in retired
-                    and fresh is not None
-                ):
-                    link.attach_ring(fresh)
+        fresh = host.ring() if retired else None
+        if fresh is None:
+            return
+        # the other pool servers on this machine move to the replacement
+        for r in self.volume.replicas:
+            link = r.link
+            if isinstance(link, ReplicaLink) and link is not self and link.ring in retired:
+                link.attach_ring(fresh)
 
     def attach_ring(self, ring: SharedRing) -> None:
         """Ask the pool server to map ``ring`` (a replacement after a retirement); its
@@ -155,9 +152,7 @@ class ReplicaLink(asyncio.Protocol):
         messages."""
         if self.closed or not self.attached:
             return
-        if self.ring is not None:
-            self.ring.users -= 1
-            self.ring = None
+        self.use_ring(None)
         tag = self.volume.next_tag()
         self.attaching = (tag, ring)
         self.send(
@@ -444,16 +439,18 @@ _BOOT_ID = boot_id().hex()
 
 
 def _error_text(msg: wire.Message) -> str:
+    """``NAME message`` of an error reply (the status, then what the server said)."""
     try:
-        return str(wire.parse_json(msg.data).get("error", "")) or Status(msg.status).name
-    except (wire.ProtocolError, ValueError):
-        return f"status {msg.status}"
+        name = Status(msg.status).name
+    except ValueError:
+        name = f"status {msg.status}"
+    try:
+        text = str(wire.parse_json(msg.data).get("error", ""))
+    except wire.ProtocolError:
+        text = ""
+    return f"{name} {text}".strip()
 
 
 def _check(msg: wire.Message, what: str) -> None:
     if msg.status != Status.OK:
-        try:
-            text = str(wire.parse_json(msg.data).get("error", ""))
-        except wire.ProtocolError:
-            text = ""
-        raise ConnectionError(f"{what} refused: {Status(msg.status).name} {text}".strip())
+        raise ConnectionError(f"{what} refused: {_error_text(msg)}")
