@@ -51,3 +51,54 @@ def test_a_payload_the_socket_did_not_take_is_sent_as_it_was():
     assert [m.tag for m in msgs] == [1, 2]
     assert bytes(msgs[0].data) == b"A" * (1 << 20)
     assert bytes(msgs[1].data) == b"B" * (1 << 20)
+
+
+def test_a_link_lost_with_writes_in_flight_retires_the_ring():
+    """Unanswered WRITE_SHMs on a lost link: their ring is never allocated from again,
+    and the other links move to a new one; answered ones free their regions."""
+    from cairn.replication.ring import DATA, RingHost
+
+    async def main() -> None:
+        host = RingHost(DATA + (2 << 20))
+        replicas: list[SimpleNamespace] = []
+        tags = iter(range(100, 200))
+        replies: list[int] = []
+        volume = SimpleNamespace(
+            name="v",
+            shared=host,
+            replicas=replicas,
+            next_tag=lambda: next(tags),
+            on_reply=lambda address, link, msg: replies.append(msg.tag),
+            detach=lambda address, link, reason: None,
+        )
+        links = []
+        for i in range(2):
+            connector = SimpleNamespace(
+                volume=volume, address=f"a:{i}", rings=host, lost=lambda: None
+            )
+            link = ReplicaLink(connector)
+            link.attached = True
+            replicas.append(SimpleNamespace(link=link))
+            links.append(link)
+        ring = host.ring()
+        assert ring is not None
+        for link in links:
+            link.use_ring(ring)
+        placed = host.place(b"x" * 4096)
+        assert placed is not None
+        region, desc = placed
+        parts = wire.encode(Op.WRITE_SHM, tag=1, seq=1, offset=0, length=4096, data=desc)
+        lost, other = links
+        lost.send_shm(parts, 1, region)
+        other.send_shm(parts, 1, region)
+        region.release()
+        # the other pool server answers; the first one's connection is lost unanswered
+        other.data_received(b"".join(wire.encode(Op.WRITE_SHM, tag=1, reply=True)))
+        assert region.refs == 1 and not ring.retired and replies == [1]
+        lost.connection_lost(None)
+        assert ring.retired and region.refs == 0 and ring.users == 0
+        assert host.current is not None and host.current is not ring
+        assert other.attaching is not None and other.attaching[1] is host.current
+        assert other.ring is None  # data goes in the messages until the pool server maps it
+
+    asyncio.run(main())
