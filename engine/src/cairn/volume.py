@@ -158,6 +158,12 @@ class LocalVolume:
     def read_extents(self, lba: int, count: int) -> list[Extent]:
         return self._store.read_extents(lba, count)
 
+    def direct_reads(self) -> tuple[int, int] | None:
+        """``(fd, shift)`` when reads may go straight to one file of the store (see
+        ``EmbeddedVolume.direct_reads``); None when the store has no such file."""
+        direct = getattr(self._store, "direct_reads", None)
+        return direct() if direct is not None else None
+
     def write(self, lba: int, data: Buffer, fua: bool = False) -> None:
         if len(data) == 0:
             return

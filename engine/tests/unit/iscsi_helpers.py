@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.blockdev import Extent
+from cairn.blockdev import Extent, ReadRun
 from cairn.iscsi import pdu as P
 from cairn.iscsi.chap import ChapConfig, chap_response
 from cairn.iscsi.connection import Connection
@@ -205,7 +205,11 @@ def drain(conn: Connection, digests: tuple[int, int] | None = None) -> list[Rx]:
     """Parse everything the connection queued for sending (extents read from files)."""
     raw = bytearray()
     for item in conn.out:
-        if isinstance(item, Extent):
+        if isinstance(item, ReadRun):
+            data = __import__("os").pread(item.fd, item.total, item.offset)
+            data += bytes(item.total - len(data))
+            raw += b"".join(bytes(part) for part in item.iov(memoryview(data)))
+        elif isinstance(item, Extent):
             raw += (
                 bytes(item.length)
                 if item.fd is None

@@ -4,16 +4,20 @@ Two connections, each in front of its own logical unit on identical devices, get
 random stream of commands; one has its fast lane switched off.  Every byte they send back
 and every byte on their devices must be the same, whatever the commands: in range or not,
 with flags, with a transfer length that does not match, under a unit attention or a
-reservation, with FUA, after a store error.
+reservation, with FUA, after a store error.  With ``direct`` the devices offer their file
+for reads (``direct_reads``, as the embedded store does without snapshots), so that runs
+of READs take ``Connection._fast_reads``.
 """
 
 from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cairn.blockdev import Extent, ReadRun
 from cairn.iscsi.connection import Connection
 from cairn.scsi import LogicalUnit, ScsiTarget
 
@@ -45,8 +49,21 @@ def cdb_for(op: int, lba: int, n: int, flags: int) -> bytes:
     return struct.pack(">BBQIBB", op, flags, lba, n, 0, 0)
 
 
-def side(fast: bool) -> tuple[Connection, LogicalUnit, MemDevice]:
-    dev = MemDevice(NB, BS)
+class DirectMemDevice(MemDevice):
+    """Reads go straight to the memfd, block ``lba`` at ``lba * 512`` (unmapped blocks
+    are zeros there too), except while calls fail: as the embedded store without
+    snapshots, read extents are one range of the file, read when the answer is sent."""
+
+    def direct_reads(self) -> tuple[int, int] | None:
+        return None if self.fail is not None else (self.fd, BS.bit_length() - 1)
+
+    def read_extents(self, lba: int, count: int) -> list[Extent]:
+        self._check(lba, count)
+        return [Extent(self.fd, lba * BS, count * BS)]
+
+
+def side(fast: bool, direct: bool = False) -> tuple[Connection, LogicalUnit, MemDevice]:
+    dev = DirectMemDevice(NB, BS) if direct else MemDevice(NB, BS)
     unit = LogicalUnit(dev, serial="0123456789abcdef", naa=NAA, thin=True)
     conn, _ = make_connection(backend=ScsiTarget({0: unit}))  # type: ignore[arg-type]
     assert plain_login(conn).login_status == 0
@@ -98,11 +115,12 @@ def step(conn: Connection, unit: LogicalUnit, dev: MemDevice, cmd: tuple, itt: i
     return []
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commands)
-def test_fast_lane_answers_like_the_full_path(cmds):
-    fast = side(True)
-    slow = side(False)
+@given(cmds=commands)
+def test_fast_lane_answers_like_the_full_path(direct, cmds):
+    fast = side(True, direct)
+    slow = side(False, direct)
     for i, cmd in enumerate(cmds):
         for conn, unit, dev in (fast, slow):
             step(conn, unit, dev, cmd, itt=i + 10, cmdsn=conn.exp_cmdsn)
@@ -167,13 +185,14 @@ def stream(cmds: list, first_cmdsn: int) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batched, st.booleans())
-def test_commands_fed_together_answer_like_the_full_path(cmds, failing):
+@given(cmds=batched, failing=st.booleans())
+def test_commands_fed_together_answer_like_the_full_path(direct, cmds, failing):
     """``failing``: the store fails every call (a batch then goes through the full path
     command by command, which reports each failure)."""
-    fast = side(True)
-    slow = side(False)
+    fast = side(True, direct)
+    slow = side(False, direct)
     outs = []
     for conn, _unit, dev in (fast, slow):
         conn.feed(memoryview(scsi_cmd(bytes(6), 9, conn.exp_cmdsn)))  # clear the power-on UA
@@ -210,4 +229,65 @@ def test_writes_that_follow_each_other_are_written_as_one():
     assert dev.writes == [(0, 20), (100, 2), (102, 2)]
     expected = bytes([1]) * 4096 + bytes([2]) * 4096 + bytes([3]) * 2048
     assert dev.read(0, 20) == expected
+    dev.close()
+
+
+def test_reads_that_follow_each_other_are_read_as_one():
+    """Plain READs fed together: one ReadRun per stretch that continues on the medium,
+    none of them through ``execute``; a write among them is written before the reads
+    after it are planned, and each answer carries its own StatSN."""
+    conn, unit, dev = side(True, direct=True)
+    conn.feed(memoryview(scsi_cmd(bytes(6), 9, conn.exp_cmdsn)))  # the power-on UA
+    drain(conn)
+    for lba in range(0, 64, 8):
+        dev.write(lba, bytes([lba + 1]) * 4096)
+    calls = []
+    real = unit.execute
+    unit.execute = lambda *a: calls.append(a) or real(*a)  # type: ignore[method-assign]
+    cmds = [(0x28, lba, 8, 0, False) for lba in (0, 8, 16, 40, 48)]  # two stretches
+    cmds += [(0x2A, 24, 8, 0x77, False), (0x28, 24, 8, 0, False)]  # written, then read
+    statsn = conn.statsn
+    conn.feed(memoryview(stream(cmds, conn.exp_cmdsn)))
+    runs = [it for it in conn.out if isinstance(it, ReadRun)]
+    assert [(r.offset, r.lengths) for r in runs] == [
+        (0, [4096] * 3),
+        (40 * BS, [4096] * 2),
+        (24 * BS, [4096]),
+    ]
+    out = drain(conn)
+    assert calls == []
+    assert [r.bhs[3] for r in out] == [0] * 7
+    assert [int.from_bytes(r.bhs[24:28], "big") for r in out] == list(range(statsn, statsn + 7))
+    reads = [r for r in out if r.opcode == 0x25]
+    expected = [bytes([lba + 1]) * 4096 for lba in (0, 8, 16, 40, 48)] + [bytes([0x77]) * 4096]
+    assert [r.data for r in reads] == expected
+    dev.close()
+
+
+def test_a_read_run_stops_at_a_command_it_does_not_take():
+    """A READ with FUA, one past the end and one under a unit attention go through the
+    full path, each answered as it would be alone; the plain reads around them are not."""
+    conn, unit, dev = side(True, direct=True)
+    conn.feed(memoryview(scsi_cmd(bytes(6), 9, conn.exp_cmdsn)))
+    drain(conn)
+    first = conn.exp_cmdsn
+    pdus = scsi_cmd(cdb_for(0x28, 0, 8, 0), 1, first, edtl=4096, read=True)
+    pdus += scsi_cmd(cdb_for(0x28, 8, 8, 0x08), 2, first + 1, edtl=4096, read=True)  # FUA
+    pdus += scsi_cmd(cdb_for(0x88, NB - 4, 8, 0), 3, first + 2, edtl=4096, read=True)
+    pdus += scsi_cmd(cdb_for(0x88, 16, 8, 0), 4, first + 3, edtl=4096, read=True)
+    calls = []
+    real = unit.execute
+    unit.execute = lambda cdb, *a: calls.append(cdb[0]) or real(cdb, *a)  # type: ignore[method-assign]
+    conn.feed(memoryview(pdus))
+    unit.reset(None)  # a unit attention for every nexus: the next READ reports it
+    conn.feed(memoryview(scsi_cmd(cdb_for(0x28, 24, 8, 0), 5, first + 4, edtl=4096, read=True)))
+    out = drain(conn)
+    # the status of each command: in its Data-In (S bit) or in a SCSI Response
+    status = {
+        int.from_bytes(r.bhs[16:20], "big"): r.bhs[3]
+        for r in out
+        if r.opcode == 0x21 or (r.opcode == 0x25 and r.bhs[1] & 0x01)
+    }
+    assert status == {1: 0, 2: 0, 3: 2, 4: 0, 5: 2}
+    assert calls == [0x28, 0x88, 0x28]  # ITTs 2, 3 and 5
     dev.close()

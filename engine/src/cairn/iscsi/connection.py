@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cairn.blockdev import Extent
+from cairn.blockdev import Extent, ReadRun
 from cairn.iscsi import pdu as P
 from cairn.iscsi.login import CMD_WINDOW, LoginMachine, Outcome
 from cairn.iscsi.params import SessionParams
@@ -46,6 +46,13 @@ BATCH_MAX = 1 << 20
 # A SCSI Command BHS as the fast lane reads it: opcode byte, flags, TotalAHSLength, LUN,
 # ITT, EDTL, CmdSN, CDB.
 _FAST_CMD = struct.Struct(">BBxxB3xQIII4x16s")
+# A SCSI Command BHS carrying READ (10) or READ (16), as ``_fast_reads`` reads it:
+# opcode byte, flags, TotalAHSLength and DataSegmentLength as one field, LUN, ITT, EDTL,
+# CmdSN, then the CDB's opcode, flags byte, LBA and transfer length.
+_READ10 = struct.Struct(">BBxxIQIII4xBBIxH7x")
+_READ16 = struct.Struct(">BBxxIQIII4xBBQI2x")
+_READ_RUN_MAX = 1 << 20  # bytes of data in one ReadRun
+_READ_RUN_PDUS = 128  # Data-In PDUs in one ReadRun (each is two iovecs when sent)
 
 STATUS_GOOD = 0x00
 STATUS_CHECK_CONDITION = 0x02
@@ -179,6 +186,18 @@ class Connection:
             total = hlen + self.hd + dsl + ((-dsl) & 3) + (self.dd if dsl else 0)
             if n - pos < total:
                 break
+            if (
+                not dsl
+                and view[pos] == 0x01
+                and view[pos + 32] in (0x28, 0x88)
+                and self._fast is not None
+            ):
+                # plain READs, as many as follow each other (``hd`` is 0: the fast lane
+                # exists only without digests)
+                took = self._fast_reads(view, pos, n)
+                if took != pos:
+                    pos = took
+                    continue
             bhs = bytes(view[pos : pos + 48])
             if self.hd:
                 got = int.from_bytes(view[pos + hlen : pos + hlen + 4], "little")
@@ -466,6 +485,86 @@ class Connection:
                 self._write_batch()
             return True
         return False
+
+    def _fast_reads(self, view: memoryview, pos: int, n: int) -> int:
+        """Answer the plain READ (10)/(16) commands at ``pos`` and right after it in
+        ``view`` (each a whole 48-byte PDU) from the file the unit reads from: one
+        Data-In PDU with status each, the data of those that follow each other on the
+        medium gathered into one ``ReadRun``.  Makes the same checks as
+        ``_fast_command`` and ``LogicalUnit.fast_read``, those of the unit once per run
+        (``read_window``); stops at the first PDU that is anything else or fails one,
+        which the caller then runs through the usual path.  Returns the position after
+        the last command it took."""
+        if self._queued or self.closing:
+            return pos
+        window = self._fast.read_window(self.nexus)
+        if window is None:
+            return pos
+        if self._batch:
+            self._write_batch()
+        fd, shift, num_blocks, max_transfer = window
+        writes = self._writes
+        fast_in = self._fast_in
+        exp = self.exp_cmdsn
+        statsn = self.statsn
+        out = self.out
+        pack = _FAST_DATA_IN.pack
+        run: ReadRun | None = None
+        run_end = -1
+        start = pos
+        read_bytes = 0
+        while n - pos >= 48 and view[pos] == 0x01:
+            cop = view[pos + 32]
+            if cop == 0x28:
+                _, flags, sizes, lun, itt, edtl, cmdsn, _, cflags, lba, count = _READ10.unpack_from(
+                    view, pos
+                )
+            elif cop == 0x88:
+                _, flags, sizes, lun, itt, edtl, cmdsn, _, cflags, lba, count = _READ16.unpack_from(
+                    view, pos
+                )
+            else:
+                break
+            if (
+                flags & 0xE0 != 0xC0  # F and R, not W
+                or sizes  # an AHS or data
+                or lun
+                or cmdsn != exp
+                or itt in writes
+                or cflags
+                or not 0 < count <= max_transfer
+                or count << shift != edtl
+                or edtl > fast_in
+                or lba + count > num_blocks
+            ):
+                break
+            exp = (cmdsn + 1) & 0xFFFFFFFF
+            header = pack(
+                P.Op.DATA_IN, 0x81, 0, STATUS_GOOD, edtl, _NO_LUN, itt, RESERVED,
+                statsn, exp, (exp + CMD_WINDOW - 1) & 0xFFFFFFFF, 0, 0, 0,
+            )  # fmt: skip
+            statsn = (statsn + 1) & 0xFFFFFFFF
+            offset = lba << shift
+            if (
+                run is None
+                or offset != run_end
+                or run.total + edtl > _READ_RUN_MAX
+                or len(run.lengths) >= _READ_RUN_PDUS
+            ):
+                run = ReadRun(fd, offset)
+                out.append(run)
+            run.add(header, edtl)
+            run_end = offset + edtl
+            read_bytes += edtl
+            pos += 48
+        if pos != start:
+            self.exp_cmdsn = exp
+            self.statsn = statsn
+            self._idle = 0.0
+            stats = self.stats
+            stats["commands"] += (pos - start) // 48
+            stats["read_bytes"] += read_bytes
+        return pos
 
     def _write_batch(self) -> None:
         """Write the plain writes gathered in ``_batch`` (back to back on the medium) as

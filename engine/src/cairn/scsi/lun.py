@@ -327,6 +327,25 @@ class LogicalUnit(BlockCommands):
         except Exception:  # a synchronous device (checked above): extents or an error
             return None
 
+    def read_window(self, nexus: Nexus) -> tuple[int, int, int, int] | None:
+        """``(fd, shift, num_blocks, max_transfer)`` when every plain READ from ``nexus``
+        in range may be answered straight from one file, block ``lba`` at byte
+        ``lba << shift``, with no other check: what ``fast_read`` checks per command,
+        hoisted for a run of READs.  None when any of it does not hold.  Valid until
+        the next command that is not a plain READ."""
+        if (
+            (self._ua and self._ua.get(nexus))
+            or self.reservations.active
+            or nexus not in self._nexuses
+            or self.asynchronous
+        ):
+            return None
+        direct = getattr(self.device, "direct_reads", None)
+        span = direct() if direct is not None else None
+        if span is None or 1 << span[1] != self.block_size:
+            return None
+        return span[0], span[1], self.num_blocks, self.max_transfer
+
     def plain_write(self, cdb: bytes, nbytes: int, nexus: Nexus) -> int:
         """The LBA of a plain WRITE (10)/(16) with ``nbytes`` of data that the fast lane
         may take, or -1.  Nothing is written: ``write_blocks`` does that, possibly for

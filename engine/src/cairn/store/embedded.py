@@ -516,6 +516,14 @@ class EmbeddedVolume(_Reader):
             return data
         return self._read_chain(lba, count)
 
+    def direct_reads(self) -> tuple[int, int] | None:
+        """``(fd, shift)`` while every block reads from one file, block ``lba`` at byte
+        ``lba << shift`` (a volume without snapshots); None otherwise.  Valid until the
+        next snapshot, clone, rollback or close."""
+        if self._single and not self.closed:
+            return self._fd, self._shift
+        return None
+
     def read_extents(self, lba: int, count: int) -> list[Extent]:
         if lba < 0 or count <= 0 or lba + count > self._nb or self.closed:
             if count == 0 and 0 <= lba <= self._nb and not self.closed:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cairn.blockdev import Extent
+from cairn.blockdev import Extent, ReadRun
 from cairn.iscsi.connection import Connection, FlushRequest
 from cairn.iscsi.session import ScsiBackend, SessionTable
 from cairn.iscsi.targets import TargetDirectory, TargetSpec
@@ -290,6 +290,12 @@ class IscsiProtocol(asyncio.BufferedProtocol):
                 size = 0
                 while pending and len(iov) < IOV_MAX:
                     item = pending[0]
+                    if type(item) is ReadRun:
+                        if iov and len(iov) + 2 * len(item.lengths) > IOV_MAX:
+                            break  # send what we have first
+                        pending.popleft()
+                        size += self._read_run_pdus(item, iov)
+                        continue
                     if type(item) is Extent:
                         if item.fd is None:
                             pending.popleft()
@@ -339,6 +345,14 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         if self.conn.closing and not self.flushing and self.transport is not None:
             self.transport.close()
+
+    def _read_run_pdus(self, run: ReadRun, iov: list[Any]) -> int:
+        """The Data-In PDUs of a fast lane's ``ReadRun``: its data with one ``pread``."""
+        data = os.pread(run.fd, run.total, run.offset)
+        if len(data) < run.total:  # past the end of the file: zeros
+            data += bytes(run.total - len(data))
+        iov += run.iov(memoryview(data))
+        return len(run)
 
     def _read_run(self, first: Extent, iov: list[Any]) -> int:
         """Read ``first`` and the small extents queued right after it (each behind its
