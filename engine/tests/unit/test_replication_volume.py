@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cairn.blockdev import QuorumError
+from cairn.replication import wire
+from cairn.replication.wire import Op, Status
 
 from .replication_sim import BS, World
 
@@ -175,6 +177,45 @@ def test_a_full_replica_is_degraded_and_the_volume_carries_on():
     assert w.volume.replicas[1].state in ("degraded", "offline")
     assert "no space" in w.volume.replicas[1].reason
     w.replicas[1].no_space = False
+    w.settle()
+    c.final_check()
+
+
+NO_SPACE_TEXT = "replica 'vol': metadata: no space left in the pool (No space left on device)"
+
+
+@pytest.mark.parametrize(
+    ("refused", "error", "reason"),
+    [
+        (Op.SET_META, NO_SPACE_TEXT, f"the replica cannot record the rebuild: {NO_SPACE_TEXT}"),
+        (Op.REBUILD, NO_SPACE_TEXT, f"could not apply rebuilt blocks: {NO_SPACE_TEXT}"),
+        (Op.REBUILD, None, "could not apply rebuilt blocks: status 6 (NO_SPACE)"),
+    ],
+)
+def test_a_rebuild_the_replica_refuses_fails_with_the_replicas_reason(refused, error, reason):
+    """The pool server's own words reach the replica's reason (and the log), not just a
+    status number: "no space left in the pool" says what to do, "status 6" does not."""
+    w, c = start()
+    c.write(0, 2)
+    w.run(10_000)
+    w.disconnect(1, "killed")
+    c.write(0, 2)
+    w.run(10_000)
+    real = w.replicas[1].handle
+
+    def handle(m: wire.Message) -> list:  # type: ignore[type-arg]
+        if m.op != refused:
+            return real(m)
+        data = b"" if error is None else wire.json_payload({"error": error})
+        return wire.encode(m.op, tag=m.tag, status=Status.NO_SPACE, data=data, reply=True)
+
+    w.replicas[1].handle = handle  # type: ignore[method-assign]
+    w.connect(1)
+    w.run(10_000)
+    r = w.volume.replicas[1]
+    assert r.state in ("degraded", "offline")
+    assert r.reason.startswith("rebuild failed: ") and r.reason.endswith(reason), r.reason
+    del w.replicas[1].handle  # room again: the next rebuild works
     w.settle()
     c.final_check()
 

@@ -79,7 +79,7 @@ class Rebuild:
         if self.aborted or msg is None:
             return
         if msg.status != Status.OK:
-            self._fail(f"the replica cannot record the rebuild: status {msg.status}")
+            self._fail(f"the replica cannot record the rebuild: {wire.error_text(msg)}")
             return
         self.s_start = self.volume.start_rebuilding(r)
         self.phase = "scanning"
@@ -107,7 +107,7 @@ class Rebuild:
         if self.aborted or msg is None:
             return
         if msg.status != Status.OK:
-            self._fail(f"DIFF on {self.source.address} failed: status {msg.status}")
+            self._fail(f"DIFF on {self.source.address} failed: {wire.error_text(msg)}")
             return
         step = self.chunk_blocks
         for lba, count in wire.unpack_runs(msg.data):
@@ -154,7 +154,10 @@ class Rebuild:
         if self.aborted or msg is None:
             return
         if msg.status != Status.OK:
-            self._fail(f"reading blocks {lba}+{count} from {self.source.address} failed")
+            self._fail(
+                f"reading blocks {lba}+{count} from {self.source.address} failed: "
+                f"{wire.error_text(msg)}"
+            )
             return
         bs = self.volume.block_size
         payload = msg.data  # data then one number per block: what REBUILD takes
@@ -170,7 +173,7 @@ class Rebuild:
         if self.aborted or msg is None:
             return
         if msg.status != Status.OK:
-            self._fail(f"the replica could not apply rebuilt blocks: status {msg.status}")
+            self._fail(f"the replica could not apply rebuilt blocks: {wire.error_text(msg)}")
             return
         if len(msg.data) >= 4:
             self.applied_blocks += wire.COUNT.unpack_from(msg.data)[0]
@@ -191,7 +194,7 @@ class Rebuild:
         if self.aborted or msg is None:
             return
         if msg.status != Status.OK:
-            self._fail(f"the replica cannot record the end of its rebuild: status {msg.status}")
+            self._fail(f"the replica cannot record the end of its rebuild: {wire.error_text(msg)}")
             return
         took = time.monotonic() - self.started
         log.info(

@@ -807,11 +807,7 @@ _KIND = {WRITE: "write", UNMAP: "unmap", FLUSH: "flush", READ: "read"}
 
 
 def _reply_error(msg: wire.Message) -> StoreError:
-    try:
-        text = str(wire.parse_json(msg.data).get("error", ""))
-    except wire.ProtocolError:
-        text = ""
-    text = text or f"status {msg.status}"
+    text = wire.error_text(msg)
     if msg.status == Status.NO_SPACE:
         return NoSpaceError(text)
     if msg.status == Status.MEDIUM_ERROR:

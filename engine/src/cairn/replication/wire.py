@@ -271,6 +271,21 @@ def parse_json(data: Payload) -> dict[str, Any]:
     return obj
 
 
+def error_text(msg: Message) -> str:
+    """Why a pool server refused a request: the ``error`` of its reply's JSON payload,
+    or the status's name when it gave none."""
+    try:
+        text = str(parse_json(msg.data).get("error", ""))
+    except ProtocolError:
+        text = ""
+    if text:
+        return text
+    try:
+        return f"status {msg.status} ({Status(msg.status).name})"
+    except ValueError:
+        return f"status {msg.status}"
+
+
 def pack_seqs(seqs: Sequence[int]) -> bytes:
     """One big-endian u64 per block."""
     return struct.pack(f">{len(seqs)}Q", *seqs)
