@@ -1,5 +1,6 @@
-"""Shared helpers of the tests that run against a real zfs-fuse daemon (``tests/zfs`` and
-the ZFS kind of the store conformance suite in ``tests/store``).
+"""Shared helpers of the tests that run against a real zfs-fuse daemon (``tests/zfs``, the
+ZFS kind of the store conformance suite in ``tests/store`` and the ZFS half of the
+replication fault suite, ``tests/integration/zfs_node.py``).
 
 ``zfs_fuse_running`` uses a zfs-fuse that already answers ``zpool list``, or starts
 ``zfs-fuse --no-daemon`` itself and stops it at the end.  zfs-fuse needs /dev/fuse; when it

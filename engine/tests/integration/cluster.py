@@ -2,7 +2,8 @@
 
 Each pool server runs as its own ``cairn pool serve`` process on its own loopback
 address (127.0.0.2, 127.0.0.3, ...) with its pool on its own tmpfs (so that a disk can
-really fill up).  The target reaches every pool server through a ``FaultProxy`` on
+really fill up), or, with ``ZfsPoolNode`` (``zfs_node.py``), on its own zfs-fuse pool.
+The target reaches every pool server through a ``FaultProxy`` on
 another loopback address, which can delay or cut that one network path.  The target is
 a ``cairn target serve --replica ...`` process with a status API.
 """
@@ -20,6 +21,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,41 +129,32 @@ class FaultProxy:
         self.drop_all()
 
 
-class PoolNode:
-    """One pool server: a process on 127.0.0.<n>, its pool on its own tmpfs."""
+class PoolProcess:
+    """One pool server: a ``cairn pool serve`` process on 127.0.0.<n> behind its own
+    ``FaultProxy``.  Subclasses keep the pool somewhere (``storage_args``) and know how to
+    copy, restore and fill it."""
 
-    def __init__(
-        self,
-        root: Path,
-        index: int,
-        port: int,
-        tmpfs_size: str = "96m",
-        secret_file: Path | None = None,
-    ) -> None:
+    def __init__(self, root: Path, index: int, port: int, secret_file: Path | None = None) -> None:
         self.secret_file = secret_file
         self.index = index
         self.name = f"pool{index}"
         self.host = f"127.0.0.{index + 2}"
         self.port = port
-        self.mount = root / f"mnt{index}"
-        self.mount.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(self.mount)],
-            check=True,
-        )
-        self.path = self.mount / "pool"
         self.log = root / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.proxy = FaultProxy((f"127.0.1.{index + 2}", port), (self.host, port))
-        self.filler = self.mount / "filler"
 
     @property
     def address(self) -> str:
         """What the target connects to: the proxy in front of the pool server."""
         return f"{self.proxy.listen[0]}:{self.proxy.listen[1]}"
 
-    def start(self) -> PoolNode:
-        args = ["pool", "serve", "--name", self.name, "--path", str(self.path),
+    def storage_args(self) -> list[str]:
+        """The options of ``cairn pool serve`` that say where the pool is."""
+        raise NotImplementedError
+
+    def start(self) -> PoolProcess:
+        args = ["pool", "serve", "--name", self.name, *self.storage_args(),
                 "--listen", f"{self.host}:{self.port}"]  # fmt: skip
         if self.secret_file is not None:
             args += ["--secret-file", str(self.secret_file)]
@@ -190,6 +183,59 @@ class PoolNode:
 
     def copy_data(self, dest: Path) -> None:
         """A crash-consistent copy of the pool, taken while the process is stopped."""
+        raise NotImplementedError
+
+    def restore_data(self, src: Path) -> None:
+        """Put the copy ``copy_data(src)`` made back in place of the pool (the process
+        is dead): the replicas hold older data and older seqs again."""
+        raise NotImplementedError
+
+    def fill(self) -> None:
+        """Make the pool run out of space: the next write that needs space fails."""
+        raise NotImplementedError
+
+    def unfill(self) -> None:
+        """Give the space ``fill`` took back (nothing when there was no fill)."""
+        raise NotImplementedError
+
+    def release_storage(self) -> None:
+        """Called by ``cleanup`` once the process is dead."""
+
+    def cleanup(self) -> None:
+        self.continue_process()
+        self.kill()
+        self.proxy.close()
+        self.release_storage()
+
+    def stderr(self) -> str:
+        return tail(self.log, 60)
+
+
+class PoolNode(PoolProcess):
+    """A pool server of the embedded store, its pool on its own tmpfs."""
+
+    def __init__(
+        self,
+        root: Path,
+        index: int,
+        port: int,
+        tmpfs_size: str = "96m",
+        secret_file: Path | None = None,
+    ) -> None:
+        self.mount = root / f"mnt{index}"
+        self.mount.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(self.mount)],
+            check=True,
+        )
+        self.path = self.mount / "pool"
+        self.filler = self.mount / "filler"
+        super().__init__(root, index, port, secret_file)
+
+    def storage_args(self) -> list[str]:
+        return ["--path", str(self.path)]
+
+    def copy_data(self, dest: Path) -> None:
         self.stop_process()
         try:
             if dest.exists():
@@ -204,27 +250,28 @@ class PoolNode:
         shutil.copytree(src, self.path)
 
     def fill(self) -> None:
-        """Take every free byte of the tmpfs: the next write that needs space fails."""
-        st = os.statvfs(self.mount)
-        free = st.f_bavail * st.f_frsize
+        """Take every free byte of the tmpfs.  Only writes to blocks the replica never
+        wrote need space: the data file is sparse, and an overwrite stays in place.
+
+        The space is taken a piece at a time: a tmpfs gives back everything a fallocate
+        took when it fails, and one fallocate of all the free space fails whenever the
+        pool server takes a page between the ``statvfs`` and the call."""
         with open(self.filler, "wb") as f:
-            with contextlib.suppress(OSError):
-                os.posix_fallocate(f.fileno(), 0, max(4096, free))
-            with contextlib.suppress(OSError):  # the last bytes, where fallocate stopped
-                f.write(b"\0" * (1 << 20))
+            end = 0
+            for step in (1 << 20, 4096):
+                while True:
+                    try:
+                        os.posix_fallocate(f.fileno(), end, step)
+                    except OSError:
+                        break
+                    end += step
 
     def unfill(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.filler.unlink()
 
-    def cleanup(self) -> None:
-        self.continue_process()
-        self.kill()
-        self.proxy.close()
+    def release_storage(self) -> None:
         subprocess.run(["umount", "-l", str(self.mount)], check=False)
-
-    def stderr(self) -> str:
-        return tail(self.log, 60)
 
 
 class ReplicatedTarget:
@@ -349,19 +396,33 @@ class Cluster:
         replica_timeout: float = 1.0,
         tmpfs_size: str = "96m",
         extra: list[str] | None = None,
+        make_node: Callable[[Path, int, int], PoolProcess] | None = None,
     ) -> None:
+        """``make_node(root, index, port)`` makes the pool nodes (default: ``PoolNode``,
+        the embedded store on a tmpfs of ``tmpfs_size``)."""
         self.root = root
         port = free_port("127.0.0.2")
-        self.nodes = [PoolNode(root, i, port, tmpfs_size) for i in range(rf)]
-        for n in self.nodes:
-            n.start()
-        self.target = ReplicatedTarget(
-            root, "vol", size, [n.address for n in self.nodes], hold_time, replica_timeout, extra
-        )
-        self.target.start()
+        self.nodes: list[PoolProcess] = []
+        try:
+            for i in range(rf):
+                if make_node is None:
+                    self.nodes.append(PoolNode(root, i, port, tmpfs_size))
+                else:
+                    self.nodes.append(make_node(root, i, port))
+            self.target = ReplicatedTarget(
+                root, "vol", size, [n.address for n in self.nodes], hold_time, replica_timeout,
+                extra,
+            )  # fmt: skip
+            for n in self.nodes:
+                n.start()
+            self.target.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def cleanup(self) -> None:
-        self.target.kill()
+        if hasattr(self, "target"):
+            self.target.kill()
         for n in self.nodes:
             n.cleanup()
 

@@ -5,13 +5,19 @@ all faults healed: the volume must become healthy without help, every replica mu
 every acknowledged write, and no read along the way may have returned older data than
 was acknowledged.  The random schedules are seeded (``CAIRN_FAULT_SEED`` to replay one,
 ``CAIRN_FAULT_ROUNDS`` for more faults); the number of faults injected is printed.
+
+Every test runs twice, with the replicas on the embedded store (each pool on a tmpfs) and
+on the ZFS store (each pool a zfs-fuse pool of its own, ``zfs_node.py``); the ZFS half
+needs the zfs-fuse daemon and fails with the reason when it cannot run.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +25,10 @@ import pytest
 
 from cairn.pool.client import PoolClient
 
-from .cluster import Cluster
+from ..zfs_helpers import ZfsFuse, ZfsLab, zfs_fuse_running
+from .cluster import Cluster, PoolProcess
 from .workload import REGION, RUNNING, Workload
+from .zfs_node import ZfsPoolNode
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +36,77 @@ SIZE = 16 << 20
 SEED = int(os.environ.get("CAIRN_FAULT_SEED", "20261121"))
 ROUNDS = int(os.environ.get("CAIRN_FAULT_ROUNDS", "3"))
 FAULTS_PER_ROUND = 70
-INJECTED: list[int] = []
+BACKENDS = ["embedded", "zfs"]
+#: faults injected and seconds spent (cluster set up to torn down), per backend
+INJECTED: dict[str, list[int]] = {b: [] for b in BACKENDS}
+SECONDS: dict[str, float] = {b: 0.0 for b in BACKENDS}
+
+
+@pytest.fixture(scope="session")
+def zfs_fuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsFuse]:
+    with zfs_fuse_running(tmp_path_factory) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_counts() -> Iterator[None]:
+    yield
+    for backend in BACKENDS:
+        if INJECTED[backend]:
+            print(
+                f"\n{backend}: {sum(INJECTED[backend])} faults injected in "
+                f"{len(INJECTED[backend])} tests, {SECONDS[backend]:.0f} s"
+            )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where the replicas live: ``embedded`` or ``zfs``."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, rf=3, size="16M", hold_time=4.0, replica_timeout=1.0)
+def cluster(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    started = time.monotonic()
+    lab: ZfsLab | None = None
+    if backend == "zfs":
+        request.getfixturevalue("zfs_fuse")  # fails, with the reason, without zfs-fuse
+        lab = ZfsLab(tmp_path)
     try:
-        yield c
+        c = Cluster(
+            tmp_path, rf=3, size="16M", hold_time=4.0, replica_timeout=1.0,
+            make_node=None if lab is None else functools.partial(ZfsPoolNode, lab=lab),
+        )  # fmt: skip
+        try:
+            yield c
+        finally:
+            if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+                print(c.report())
+            for w in RUNNING:
+                w.kill()
+            RUNNING.clear()
+            c.cleanup()
     finally:
-        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-            print(c.report())
-        for w in RUNNING:
-            w.kill()
-        RUNNING.clear()
-        c.cleanup()
+        if lab is not None:
+            lab.cleanup()
+        SECONDS[backend] += time.monotonic() - started
+
+
+def logged(c: Cluster, event: str, node: PoolProcess | None = None, text: str = "") -> int:
+    """How many ``event=EVENT`` lines of the target's log name ``node`` (any node when
+    None) and contain ``text``."""
+    who = "" if node is None else f" replica={node.address} "
+    return sum(
+        1
+        for line in c.target.log.read_text(errors="replace").splitlines()
+        if f" event={event} " in line and who in line and text in line
+    )
+
+
+def no_space(c: Cluster, node: PoolProcess | None = None) -> int:
+    """How often the target took ``node``'s replica (any) out because its pool was full."""
+    return logged(c, "replica_degraded", node, "no space left in the pool")
 
 
 def replica_contents(c: Cluster, index: int) -> bytes:
@@ -85,13 +149,32 @@ def finish(c: Cluster, w: Workload) -> dict:
     return doc
 
 
-def test_scenarios_one_fault_at_a_time(cluster: Cluster, tmp_path: Path) -> None:
+def test_scenarios_one_fault_at_a_time(cluster: Cluster, backend: str, tmp_path: Path) -> None:
     """Each kind of fault alone, with writes running, then healed."""
     c = cluster
     w = Workload(c.target.url, SIZE, SEED, tmp_path / "workload.log")
     w.start()
     faults = 0
     a, b = c.nodes[0], c.nodes[1]
+
+    # disk full: writes fail on that replica only.  First, while most blocks of the
+    # volume were never written: an embedded replica needs space only for those (its
+    # data file is sparse, an overwrite stays in place), a ZFS one for every write.
+    c.target.wait_healthy(60)
+    deadline = time.monotonic() + 30
+    while not w.ledger.writes_acked and time.monotonic() < deadline:
+        time.sleep(0.05)  # writes reach b
+    assert w.ledger.writes_acked, (tmp_path / "workload.log").read_text()[-3000:]
+    b.fill()
+    deadline = time.monotonic() + 30
+    while not no_space(c, b) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert no_space(c, b), f"the fill went unnoticed\n{c.report()}"
+    st = c.target.status()
+    assert st["writable"], st
+    b.unfill()
+    c.target.wait_healthy(60)
+    faults += 1
 
     # SIGKILL of a replica, then it comes back and is rebuilt
     a.kill()
@@ -118,15 +201,7 @@ def test_scenarios_one_fault_at_a_time(cluster: Cluster, tmp_path: Path) -> None
     a.restore_data(tmp_path / "old0")
     a.start()
     c.target.wait_healthy(60)
-    faults += 1
-
-    # disk full: writes fail on that replica only
-    b.fill()
-    time.sleep(2.0)
-    st = c.target.status()
-    assert st["writable"], st
-    b.unfill()
-    c.target.wait_healthy(60)
+    assert logged(c, "replica_stale", a), "the old copy came back with current seqs"
     faults += 1
 
     # a slow replica (below the timeout) is not waited for
@@ -152,12 +227,12 @@ def test_scenarios_one_fault_at_a_time(cluster: Cluster, tmp_path: Path) -> None
     faults += 1
     assert w.check_read("after the scenarios")
     finish(c, w)
-    INJECTED.append(faults)
-    print(f"faults injected: {faults}, writes acknowledged: {w.ledger.writes_acked}")
+    INJECTED[backend].append(faults)
+    print(f"{backend}: faults injected: {faults}, writes acknowledged: {w.ledger.writes_acked}")
 
 
 def test_two_replicas_lost_shorter_than_the_hold_time_is_invisible(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, backend: str, tmp_path: Path
 ) -> None:
     c = cluster
     w = Workload(c.target.url, SIZE, SEED + 1, tmp_path / "workload.log")
@@ -181,11 +256,11 @@ def test_two_replicas_lost_shorter_than_the_hold_time_is_invisible(
     t.join()
     assert w.ledger.writes_failed == 0, (tmp_path / "workload.log").read_text()[-3000:]
     finish(c, w)
-    INJECTED.append(2)
+    INJECTED[backend].append(2)
 
 
 def test_two_replicas_lost_longer_than_the_hold_time_fail_then_work_again(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, backend: str, tmp_path: Path
 ) -> None:
     """One initiator session: its write fails after the hold time, and once quorum is
     back its next write works without logging in again."""
@@ -228,13 +303,17 @@ def test_two_replicas_lost_longer_than_the_hold_time_fail_then_work_again(
     assert text.count("wrote ") == 1 and "read " in text and "verification failed" not in text, text
     st = c.target.wait_healthy(60)
     assert st["writable"]
-    INJECTED.append(2)
+    INJECTED[backend].append(2)
 
 
-def random_schedule(c: Cluster, w: Workload, rng: random.Random, n: int, tmp: Path) -> int:
-    """``n`` faults drawn at random, some overlapping; returns how many were injected."""
+def random_schedule(
+    c: Cluster, w: Workload, rng: random.Random, n: int, tmp: Path
+) -> tuple[int, Counter[str]]:
+    """``n`` faults drawn at random, some overlapping; returns how many were injected,
+    and how many steps of each kind were taken."""
     kinds = ["kill", "hang", "stale", "full", "slow", "cut", "target", "two_short"]
     injected = 0
+    taken: Counter[str] = Counter()
     copies: dict[int, Path] = {}
     for step in range(n):
         kind = rng.choice(kinds)
@@ -249,6 +328,7 @@ def random_schedule(c: Cluster, w: Workload, rng: random.Random, n: int, tmp: Pa
         healthy = st is not None and st["state"] == "healthy"
         if kind == "stale" and not healthy:
             kind = "kill"  # losing data on a second replica would be beyond any quorum
+        taken[kind] += 1
         if kind == "kill":
             node.kill()
             time.sleep(hold)
@@ -267,8 +347,10 @@ def random_schedule(c: Cluster, w: Workload, rng: random.Random, n: int, tmp: Pa
             node.start()
             del copies[i]
         elif kind == "full":
+            before = no_space(c, node)
             node.fill()
             time.sleep(hold)
+            taken["full, noticed"] += no_space(c, node) > before
             node.unfill()
         elif kind == "slow":
             node.proxy.delay = rng.uniform(0.02, 0.6)
@@ -299,23 +381,25 @@ def random_schedule(c: Cluster, w: Workload, rng: random.Random, n: int, tmp: Pa
                 c.target.wait_healthy(60)
             except AssertionError:
                 raise
-    return injected
+    return injected, taken
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
-def test_random_fault_schedule(cluster: Cluster, tmp_path: Path, round_: int) -> None:
+def test_random_fault_schedule(cluster: Cluster, backend: str, tmp_path: Path, round_: int) -> None:
     seed = SEED + 1000 * round_
     rng = random.Random(seed)
     c = cluster
     w = Workload(c.target.url, SIZE, seed, tmp_path / "workload.log")
     w.start()
     started = time.monotonic()
-    n = random_schedule(c, w, rng, FAULTS_PER_ROUND, tmp_path)
+    n, taken = random_schedule(c, w, rng, FAULTS_PER_ROUND, tmp_path)
     doc = finish(c, w)
-    INJECTED.append(n)
+    INJECTED[backend].append(n)
     led = w.ledger
     print(
-        f"seed {seed}: {n} faults in {time.monotonic() - started:.0f} s, "
+        f"{backend} seed {seed}: {n} faults in {time.monotonic() - started:.0f} s "
+        f"({taken['full']} pools filled, {taken['full, noticed']} noticed in time; "
+        f"{taken['stale']} stale copies, {logged(c, 'replica_stale')} replicas seen stale), "
         f"{led.writes_acked} writes acknowledged, {led.writes_failed} failed, "
         f"{led.reads_checked} reads checked, 0 lost, 0 stale; final: {doc['state']}"
     )
