@@ -146,7 +146,7 @@ def test_targets_authenticate_to_pool_servers_with_the_shared_secret(tmp_path: P
         st = wrong.status()
         assert not st["writable"] and all(r["state"] == "offline" for r in st["replicas"])
         log = wrong.log.read_text()
-        assert "AUTH refused: AUTH_FAILED" in log
+        assert "AUTH refused: authentication failed" in log
         assert "correct horse" not in log and "zebra-not-the-secret" not in log
         for n in nodes:
             text = n.log.read_text()

@@ -170,7 +170,7 @@ class ReplicaLink(asyncio.Protocol):
                 "event=ring_refused volume=%s replica=%s error=%r",
                 self.volume.name,
                 self.address,
-                _error_text(msg),
+                wire.error_text(msg),
             )
 
     # -- Link ----------------------------------------------------------------------
@@ -424,7 +424,7 @@ class Connector:
                 self.last_ring_error = ""
                 log.info("event=ring_shared volume=%s replica=%s", self.volume.name, self.address)
                 return
-            error = _error_text(reply)
+            error = wire.error_text(reply)
         if error != self.last_ring_error:
             log.warning(
                 "event=ring_not_shared volume=%s replica=%s error=%r",
@@ -438,19 +438,6 @@ class Connector:
 _BOOT_ID = boot_id().hex()
 
 
-def _error_text(msg: wire.Message) -> str:
-    """``NAME message`` of an error reply (the status, then what the server said)."""
-    try:
-        name = Status(msg.status).name
-    except ValueError:
-        name = f"status {msg.status}"
-    try:
-        text = str(wire.parse_json(msg.data).get("error", ""))
-    except wire.ProtocolError:
-        text = ""
-    return f"{name} {text}".strip()
-
-
 def _check(msg: wire.Message, what: str) -> None:
     if msg.status != Status.OK:
-        raise ConnectionError(f"{what} refused: {_error_text(msg)}")
+        raise ConnectionError(f"{what} refused: {wire.error_text(msg)}")
