@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cairn import __version__
+from cairn.cli import node as node_cli
 from cairn.cli import volume as volume_cli
 from cairn.pool import cli as pool_cli
 from cairn.units import parse_size
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pool_cli.add_parser(sub)
     volume_cli.add_parser(sub)
+    node_cli.add_parser(sub)
     return parser
 
 
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return pool_cli.run(args)
     if args.group == "volume":
         return volume_cli.run(args)
+    if args.group == "node":
+        return node_cli.run(args)
     parser.error("unknown command")
     return EXIT_USAGE
 
