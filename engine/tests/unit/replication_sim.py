@@ -33,6 +33,7 @@ class MemReplica:
     no_space: bool = False
     pinned: bool = False  # a write failed: clean_seq stays until the replica is rebuilt
     largest: int = 0  # the longest WRITE or READ asked of it, in bytes
+    snapshots: dict[str, dict[int, tuple[int, bytes]]] = field(default_factory=dict)
 
     def seq_of(self, lba: int) -> int:
         return self.blocks.get(lba, (0, b""))[0]
@@ -95,6 +96,22 @@ class MemReplica:
                     self.high_seq = max(self.high_seq, seqs[i])
                     applied += 1
             return reply(data=wire.COUNT.pack(applied))
+        if m.op == Op.SNAPSHOT:
+            name = wire.parse_json(m.data)["name"]
+            if name in self.snapshots:
+                return reply(Status.CONFLICT, wire.json_payload({"error": f"{name} exists"}))
+            self.snapshots[name] = dict(self.blocks)
+            return reply(data=wire.json_payload({"name": name, "high_seq": self.high_seq}))
+        if m.op == Op.ROLLBACK:
+            name = wire.parse_json(m.data)["snapshot"]
+            if name not in self.snapshots:
+                return reply(Status.NOT_FOUND, wire.json_payload({"error": f"no {name}"}))
+            snap = self.snapshots[name]
+            for lba in set(self.blocks) | set(snap) | {0}:
+                if lba == 0 or self.blocks.get(lba) != snap.get(lba):
+                    self.blocks[lba] = (m.seq, snap.get(lba, (0, bytes(BS)))[1])
+            self._stamp(m.seq)
+            return reply(data=wire.json_payload({"blocks": 0}))
         if m.op == Op.SET_META:
             self.meta = wire.parse_json(m.data)
             if self.meta.get("clean"):

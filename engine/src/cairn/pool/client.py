@@ -272,5 +272,20 @@ class PoolClient:
     def resize(self, size: int) -> None:
         self.request(Op.RESIZE, offset=size)
 
+    def snapshot(self, name: str) -> dict[str, Any]:
+        return self._json(Op.SNAPSHOT, {"name": name})
+
+    def snapshot_delete(self, name: str) -> None:
+        self.request(Op.SNAPSHOT_DELETE, data=json_payload({"name": name}))
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return list(self._json(Op.SNAPSHOT_LIST)["snapshots"])
+
+    def clone(self, snapshot: str, name: str) -> dict[str, Any]:
+        return self._json(Op.CLONE, {"snapshot": snapshot, "name": name})
+
+    def rollback(self, snapshot: str, seq: int) -> int:
+        return int(self._json(Op.ROLLBACK, {"snapshot": snapshot}, seq=seq)["blocks"])
+
 
 __all__ = ["PoolClient", "PoolError"]

@@ -35,6 +35,7 @@ import numpy as np
 
 from cairn.blockdev import MediumError, NoSpaceError, StoreError
 from cairn.daemon import parse_host_port, run_daemon
+from cairn.pool import snapshots
 from cairn.pool.replicas import Busy, OpenRefused, Replica, Replicas
 from cairn.pool.secret import SecretError, load_secret
 from cairn.replication.ring import DESC, MappedRing, RingError
@@ -62,7 +63,7 @@ from cairn.replication.wire import (
     parse_json,
     server_proof,
 )
-from cairn.store import EmbeddedPool, NotFoundError, OutOfRangeError
+from cairn.store import BusyError, EmbeddedPool, ExistsError, NotFoundError, OutOfRangeError
 from cairn.store._fs import boot_id
 from cairn.store.embedded import NAME_RE
 from cairn.store.layers import MAX_SEQ
@@ -515,6 +516,8 @@ class PoolProtocol(asyncio.BufferedProtocol):
             status, message = Status.OUT_OF_RANGE, str(exc)
         elif isinstance(exc, NotFoundError):
             status, message = Status.NOT_FOUND, str(exc)
+        elif isinstance(exc, ExistsError | BusyError):
+            status, message = Status.CONFLICT, str(exc)
         elif isinstance(exc, OpenRefused | ProtocolError):
             status, message = Status.BAD_REQUEST, str(exc)
         elif isinstance(exc, StoreError):
@@ -541,7 +544,12 @@ class PoolProtocol(asyncio.BufferedProtocol):
                 status.name,
                 message,
             )
-        if opcode in (Op.WRITE, Op.UNMAP) and rep is not None and 0 < seq <= MAX_SEQ:
+        changed = opcode in (Op.WRITE, Op.UNMAP) or (
+            # a rollback that started rewriting blocks and failed left them mixed
+            opcode == Op.ROLLBACK
+            and status in (Status.NO_SPACE, Status.MEDIUM_ERROR, Status.INTERNAL)
+        )
+        if changed and rep is not None and 0 < seq <= MAX_SEQ:
             try:
                 rep.write_failed(seq)
             except Exception:  # pragma: no cover - logged, the reply still goes
@@ -908,6 +916,66 @@ class PoolProtocol(asyncio.BufferedProtocol):
         self._reply(op, tag, seq, offset, length)
         self.closing = True
 
+    # snapshots, clones, rollback: ``cairn.pool.snapshots``
+
+    def _named(self, p: memoryview, *keys: str) -> list[str]:
+        req = self._json(p)
+        values = [req.get(k) for k in keys]
+        if not all(isinstance(v, str) and v for v in values):
+            raise Refused(Status.BAD_REQUEST, f"the request needs {', '.join(keys)} as strings")
+        return cast(list[str], values)
+
+    def op_snapshot(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        rep = self._bound()
+        (name,) = self._named(p, "name")
+        doc = snapshots.create(rep, name)
+        log.info("event=snapshot_created pool=%s volume=%s snapshot=%s high_seq=%d",
+                 self.server.name, rep.name, name, doc["high_seq"])  # fmt: skip
+        self._reply(op, tag, seq, offset, length, _OK, json_payload(doc))
+
+    def op_snapshot_delete(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        rep = self._bound()
+        (name,) = self._named(p, "name")
+        snapshots.delete(rep, name)
+        log.info("event=snapshot_deleted pool=%s volume=%s snapshot=%s",
+                 self.server.name, rep.name, name)  # fmt: skip
+        self._reply(op, tag, seq, offset, length)
+
+    def op_snapshot_list(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        rep = self._bound()
+        doc = {"snapshots": snapshots.listing(rep)}
+        self._reply(op, tag, seq, offset, length, _OK, json_payload(doc))
+
+    def op_clone(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        rep = self._bound()
+        snap, name = self._named(p, "snapshot", "name")
+        if not NAME_RE.fullmatch(name):
+            raise Refused(Status.BAD_REQUEST, f"invalid volume name {name!r}")
+        doc = snapshots.clone(rep, self.server.pool, snap, name)
+        log.info("event=clone_created pool=%s volume=%s snapshot=%s clone=%s",
+                 self.server.name, rep.name, snap, name)  # fmt: skip
+        self._reply(op, tag, seq, offset, length, _OK, json_payload(doc))
+
+    def op_rollback(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        rep = self._bound()
+        (snap,) = self._named(p, "snapshot")
+        if not 0 < seq <= MAX_SEQ:
+            raise Refused(Status.BAD_REQUEST, f"rollback: seq {seq} is outside 1..{MAX_SEQ}")
+        blocks = snapshots.rollback(rep, snap, seq)
+        log.info("event=rolled_back pool=%s volume=%s snapshot=%s seq=%d blocks=%d",
+                 self.server.name, rep.name, snap, seq, blocks)  # fmt: skip
+        self._reply(op, tag, seq, offset, length, _OK, json_payload({"blocks": blocks}))
+
 
 def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
@@ -921,7 +989,12 @@ def _op_name(opcode: int) -> str:
 
 
 # requests that change a replica: refused on a superseded connection
-_CHANGES = frozenset((Op.WRITE, Op.WRITE_SHM, Op.UNMAP, Op.REBUILD, Op.SET_META, Op.RESIZE))
+_CHANGES = frozenset(
+    (
+        Op.WRITE, Op.WRITE_SHM, Op.UNMAP, Op.REBUILD, Op.SET_META, Op.RESIZE,
+        Op.SNAPSHOT, Op.SNAPSHOT_DELETE, Op.CLONE, Op.ROLLBACK,
+    )
+)  # fmt: skip
 
 _HANDLERS: dict[int, Callable[..., None]] = {
     int(Op.HELLO): PoolProtocol.op_hello,
@@ -938,6 +1011,11 @@ _HANDLERS: dict[int, Callable[..., None]] = {
     int(Op.RESIZE): PoolProtocol.op_resize,
     int(Op.CLOSE): PoolProtocol.op_close,
     int(Op.ATTACH_RING): PoolProtocol.op_attach_ring,
+    int(Op.SNAPSHOT): PoolProtocol.op_snapshot,
+    int(Op.SNAPSHOT_DELETE): PoolProtocol.op_snapshot_delete,
+    int(Op.SNAPSHOT_LIST): PoolProtocol.op_snapshot_list,
+    int(Op.CLONE): PoolProtocol.op_clone,
+    int(Op.ROLLBACK): PoolProtocol.op_rollback,
 }
 
 

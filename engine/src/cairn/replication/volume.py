@@ -194,6 +194,12 @@ class ReplicatedVolume:
         #: the shared-memory rings for pool servers on this machine
         #: (``cairn.replication.ring.RingHost``), or None: data always in the messages
         self.shared: Any = None
+        # write barriers in force (``hold_writes``) and who waits for the writes in
+        # flight to be answered
+        self._barriers = 0
+        self._drain_waiters: list[Pending] = []
+        #: what the target knows of the volume's snapshots (``cairn.target.operations``)
+        self.book: Any = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -289,10 +295,10 @@ class ReplicatedVolume:
 
     # ------------------------------------------------------------------ writes
     def _submit(self, op: _Op) -> None:
-        if self._held or not self.writable:
+        if self._held or self._barriers or not self.writable:
             if op.data is not None and type(op.data) is not bytes:
                 op.data = bytes(op.data)
-            if not self._held:
+            if not self._held and not self._barriers:
                 log.warning(
                     "event=writes_held volume=%s reason=%r", self.name, self.why_not_writable()
                 )
@@ -365,6 +371,11 @@ class ReplicatedVolume:
         session) handed out before, across restarts: its OPEN fences the older ones."""
         return self._next_seq()
 
+    def next_seq(self) -> int:
+        """The next sequence number, for an operation numbered like a write (a
+        rollback)."""
+        return self._next_seq()
+
     def now(self) -> float:
         return self._clock()
 
@@ -405,7 +416,7 @@ class ReplicatedVolume:
                 for r in self.healthy():
                     if r not in op.acked and op.tag not in r.inflight:
                         self._send(r, wire.encode(Op.FLUSH, tag=op.tag), op, 0)
-        if self.writable:
+        if self.writable and not self._barriers:
             while self._held and self.writable:
                 self._dispatch(self._held.popleft())
 
@@ -533,6 +544,8 @@ class ReplicatedVolume:
                 self._send_read(op)
         for op in list(self._ops.values()):
             self._check(op)
+        if self._drain_waiters:
+            self._check_drained()
         if not self.healthy():
             self._place()
 
@@ -678,6 +691,75 @@ class ReplicatedVolume:
         op.acked.add(r)
         if not op.done:
             self._check(op)
+        if self._drain_waiters:
+            self._check_drained()
+
+    # ------------------------------------------------------------------ barrier
+    def hold_writes(self) -> Pending:
+        """A write barrier: writes, unmaps and flushes issued from now on are held, in
+        order (as below quorum), until ``release_writes``.  The returned Pending
+        resolves once every write and unmap sent before has been answered by every
+        healthy replica (one that stops answering is degraded by the timeout, which
+        ends the wait too)."""
+        self._barriers += 1
+        p = Pending()
+        self._drain_waiters.append(p)
+        self._check_drained()
+        return p
+
+    def release_writes(self) -> None:
+        """End a barrier; the held writes go, in order, once none is left."""
+        if self._barriers <= 0:
+            raise RuntimeError("release_writes without hold_writes")
+        self._barriers -= 1
+        if not self._barriers:
+            self._recheck_all()
+
+    def writes_in_flight(self) -> int:
+        """Writes and unmaps sent to healthy replicas and not yet answered by them."""
+        return sum(
+            1
+            for r in self.replicas
+            if r.state == HEALTHY
+            for op in r.inflight.values()
+            if op.kind != READ and op.kind != FLUSH
+        )
+
+    def _check_drained(self) -> None:
+        if self._drain_waiters and not self.writes_in_flight():
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for p in waiters:
+                p.resolve()
+
+    def call_each(self, replicas: list[Replica], parts_fn: Callable[[int], list[Any]]) -> Pending:
+        """Send a control message to each of ``replicas`` (connected ones); resolves
+        with ``{address: reply, or None when it went away first}``."""
+        targets = [r for r in replicas if r.link is not None]
+        p = Pending()
+        results: dict[str, wire.Message | None] = {
+            r.address: None for r in replicas if r.link is None
+        }
+        if not targets:
+            p.resolve(results)
+            return p
+
+        def done(r: Replica, msg: wire.Message | None) -> None:
+            results[r.address] = msg
+            if all(t.address in results for t in targets) and not p.done:
+                p.resolve(results)
+
+        for r in targets:
+            self.call(r, parts_fn, done)
+        return p
+
+    def replica(self, address: str) -> Replica | None:
+        return self._by_address.get(address)
+
+    def resize(self, size: int) -> None:
+        """The volume now has ``size`` bytes (every replica that votes has grown)."""
+        if size % self._bs or size < self._nb * self._bs:
+            raise ValueError(f"size {size} is not a larger multiple of {self._bs}")
+        self._nb = size // self._bs
 
     # ------------------------------------------------------------------ time
     def tick(self) -> None:

@@ -67,6 +67,17 @@ class Op(IntEnum):
     ATTACH_RING = 15
     #: a WRITE whose data is in the ring: the payload is ``ring.DESC`` (generation, offset)
     WRITE_SHM = 16
+    #: take snapshot ``{"name"}`` of the open replica (after the target's write barrier)
+    SNAPSHOT = 17
+    #: delete snapshot ``{"name"}``; CONFLICT while a clone depends on it
+    SNAPSHOT_DELETE = 18
+    #: the open replica's snapshots: ``{"snapshots": [{name, created, size, used, ...}]}``
+    SNAPSHOT_LIST = 19
+    #: create volume ``{"name"}`` from snapshot ``{"snapshot"}`` of the open replica
+    CLONE = 20
+    #: make the open replica's contents those of snapshot ``{"snapshot"}``; ``seq`` is
+    #: the rollback's number, carried by every block it rewrites
+    ROLLBACK = 21
 
 
 class Status(IntEnum):
@@ -82,6 +93,7 @@ class Status(IntEnum):
     NOT_FOUND = 9
     INTERNAL = 10
     SUPERSEDED = 11  # a newer connection opened the replica: this one may not change it
+    CONFLICT = 12  # the name exists, or a clone depends on the snapshot
 
 
 class ProtocolError(ValueError):

@@ -3,10 +3,26 @@
 - ``GET /status``: the volume's state, each replica's address, state, numbers and
   rebuild progress (what ``cairn volume status`` prints);
 - ``POST /replicas`` with ``{"add": "HOST:PORT"}`` or ``{"remove": "HOST:PORT"}``:
-  scale the replica set at run time.
+  scale the replica set at run time;
+- ``POST /snapshots`` with ``{"name": N}``: a snapshot on every healthy replica at one
+  point in time (behind a write barrier; in quorum only, after waiting up to 10 s);
+  answers ``{"name", "created", "replicas"}``;
+- ``GET /snapshots``: ``{"snapshots": [{"name", "created", "replicas", "size", "used",
+  "unique", "reported_by"}]}`` (sizes as the replicas' stores report them);
+- ``DELETE /snapshots/NAME``: deleted on every replica that holds it, later on those
+  offline now (``"pending"``), before they vote again; 409 while a clone depends on it;
+- ``POST /clones`` with ``{"snapshot": S, "name": C}``: volume C made from S on each
+  pool server that holds S; answers ``{"name", "snapshot", "size", "replicas"}``, the
+  addresses to give ``cairn target serve --volume C --replica ...``;
+- ``POST /rollback`` with ``{"snapshot": S}``: every replica back to S (409 while an
+  initiator is logged in); answers ``{"snapshot", "seq", "replicas", "degraded"}``;
+- ``POST /resize`` with ``{"size": BYTES}``: grow online on every replica, then the LUN
+  (initiators get CAPACITY DATA HAS CHANGED); shrinking is refused (400).
 
-Errors are JSON ``{"error": ...}`` with a 4xx status.  It listens where the operator
-says (loopback by default in the tools); it has no authentication of its own yet.
+Errors are JSON ``{"error": ...}`` with a 4xx status: 400 a bad request, 404 no such
+snapshot or endpoint, 409 a conflict (not in quorum, exists, a clone depends on it,
+initiators are logged in).  It listens where the operator says (loopback by default in
+the tools); it has no authentication of its own yet.
 """
 
 from __future__ import annotations
@@ -14,17 +30,48 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 log = logging.getLogger("cairn.target")
 
 MAX_BODY = 64 << 10
 
 
-async def start_status_server(listen: str, volume: Any, connectors: list[Any]) -> asyncio.Server:
+async def start_status_server(
+    listen: str,
+    volume: Any,
+    connectors: list[Any],
+    lun: Any = None,
+    sessions: Callable[[], list[str]] | None = None,
+) -> asyncio.Server:
+    from cairn.replication.control import OperationError
+    from cairn.target.operations import Operations, SnapshotBook
     from cairn.target.replicas import Connector, parse_address
 
     host, port = parse_address(listen)
+    book = volume.book if volume.book is not None else SnapshotBook(Path("."), volume.name)
+    ops = Operations(volume, book, connectors, lun=lun, sessions=sessions)
+
+    async def route(method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            if path == "/snapshots" and method == "POST":
+                return 200, await ops.create(body)
+            if path == "/snapshots" and method == "GET":
+                return 200, await ops.listing()
+            if path.startswith("/snapshots/") and method == "DELETE":
+                return 200, await ops.delete(unquote(path[len("/snapshots/") :]))
+            if path == "/clones" and method == "POST":
+                return 200, await ops.clone(body)
+            if path == "/rollback" and method == "POST":
+                return 200, await ops.rollback(body)
+            if path == "/resize" and method == "POST":
+                return 200, await ops.resize(body)
+        except OperationError as e:
+            return e.status, {"error": str(e)}
+        return 404, {"error": f"no such endpoint: {method} {path}"}
 
     def scale(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if "add" in body:
@@ -70,13 +117,14 @@ async def start_status_server(listen: str, volume: Any, connectors: list[Any]) -
                 status, doc = 400, {"error": "bad request line"}
             elif line[0] == "GET" and line[1] == "/status":
                 status, doc = 200, volume.status()
-            elif line[0] == "POST" and line[1] == "/replicas":
+            else:
                 body = json.loads(raw or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError("the body must be a JSON object")
-                status, doc = scale(body)
-            else:
-                status, doc = 404, {"error": f"no such endpoint: {' '.join(line[:2])}"}
+                if line[0] == "POST" and line[1] == "/replicas":
+                    status, doc = scale(body)
+                else:
+                    status, doc = await route(line[0], line[1], body)
         except (ValueError, json.JSONDecodeError) as e:
             status, doc = 400, {"error": str(e)}
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -85,7 +133,9 @@ async def start_status_server(listen: str, volume: Any, connectors: list[Any]) -
         except Exception:
             log.exception("event=api_failed")
         body = json.dumps(doc, indent=1).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict"}.get(
+            status, "Error"
+        )
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

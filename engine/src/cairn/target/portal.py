@@ -65,6 +65,10 @@ class Portal:
             proto.tick(1.0)
         self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
 
+    def logged_in(self) -> list[str]:
+        """The initiators with a normal (not discovery) session open."""
+        return [r.initiator_name for r in self.sessions.by_tsih.values() if r.target_iqn]
+
     def cold_reset(self) -> None:
         for proto in list(self.connections):
             proto.conn._close("target cold reset")

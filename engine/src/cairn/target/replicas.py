@@ -30,6 +30,7 @@ from cairn.replication.ring import Region, RingHost, SharedRing
 from cairn.replication.volume import ReplicatedVolume
 from cairn.replication.wire import Op, Status
 from cairn.store._fs import atomic_write_json, boot_id
+from cairn.target.operations import settle_owed
 
 log = logging.getLogger("cairn.target")
 
@@ -402,6 +403,8 @@ class Connector:
             },
         )
         _check(opened, "OPEN")
+        # snapshot deletes it missed while offline, before it can vote again
+        await settle_owed(link, self.volume.book, self.address)
         if self.rings is not None and info.get("shm") and info.get("boot_id") == _BOOT_ID:
             await self._share_ring(link)
         if link.closed:

@@ -122,6 +122,12 @@ def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
         )
     except (ValueError, StoreError) as e:
         raise ServeError(str(e)) from e
+    from cairn.target.operations import SnapshotBook
+
+    try:
+        device.book = SnapshotBook(opts.state_dir, opts.volume)
+    except ValueError as e:
+        raise ServeError(str(e)) from e
     device.rebuild_rate = opts.rebuild_rate
     device.rebuild_busy_rate = opts.rebuild_busy_rate
     if opts.shared_memory:
@@ -182,7 +188,9 @@ async def run(opts: ServeOptions) -> int:
         if opts.status_listen:
             from cairn.target.api import start_status_server
 
-            status_server = await start_status_server(opts.status_listen, device, connectors)
+            status_server = await start_status_server(
+                opts.status_listen, device, connectors, lun=lu, sessions=portal.logged_in
+            )
     log.info(
         "event=serving volume=%s iqn=%s portal=%s:%d size=%d block_size=%d store=%s "
         "chap=%s acl_entries=%d",
