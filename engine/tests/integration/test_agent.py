@@ -236,6 +236,29 @@ def test_metrics_of_a_real_volume(nodes):
     assert fams["cairn_child_restarts"].type == "counter"
 
 
+def test_remove_and_add_a_replica(nodes):
+    """Scale down to two replicas and back: the target's replica set and the desired
+    state follow; the returning replica is rebuilt before the volume is healthy again."""
+    nodes.wait_healthy()
+    vol = nodes.a.call("DELETE", "/v1/volumes/vol/replicas/node-c/p1")
+    assert vol["replicas"] == ["node-a/p1", "node-b/p1"]
+    st = nodes.status()
+    assert len(st["replicas"]) == 2 and st["state"] == "healthy", st
+    desired = json.loads((nodes.a.state_dir / "desired.json").read_text())
+    assert desired["volumes"]["vol"]["replicas"] == ["node-a/p1", "node-b/p1"]
+    api = nodes.a.api()
+    got, doc = api.raw("POST", "/v1/volumes/vol/replicas", {"pool": "node-a/p2"})
+    assert got == 400 and "two replicas on node node-a" in doc["error"]
+    got, doc = api.raw("DELETE", "/v1/volumes/vol/replicas/node-c/p1")
+    assert got == 404
+    qemu_io(f"write -P {PATTERN + 4} 24M 256k", url=nodes.url)  # missed by node-c
+    vol = nodes.a.call("POST", "/v1/volumes/vol/replicas", {"pool": "node-c/p1"})
+    assert vol["replicas"] == ["node-a/p1", "node-b/p1", "node-c/p1"]
+    nodes.wait_healthy(120)
+    qemu_io(f"read -P {PATTERN + 4} 24M 256k", url=nodes.url)
+    check_data(nodes)
+
+
 # --------------------------------------------------------------------------- faults
 
 

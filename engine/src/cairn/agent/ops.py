@@ -594,7 +594,8 @@ class Agent:
             if not addresses:
                 raise OpError(500, f"target of volume {name}: the clone has no replicas")
             vol = {
-                "size": src["size"], "block_size": src["block_size"], "portal": portal,
+                "size": int(doc.get("size") or src["size"]),
+                "block_size": src["block_size"], "portal": portal,
                 "iqn": body.get("iqn") or f"{IQN_PREFIX}:{clone}",
                 "replicas": list(addresses), "addresses": addresses,
                 "consistency_factor": None, "chap": src.get("chap"), "acl": src.get("acl", []),
