@@ -3,6 +3,7 @@ the target's HTTP API, with real pool servers and targets (``cluster.py``)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import subprocess
@@ -17,9 +18,11 @@ import pytest
 
 from cairn.pool.client import PoolClient
 
+from ..zfs_helpers import ZfsFuse, ZfsLab, zfs_fuse_running
 from .cluster import Cluster, ReplicatedTarget
 from .test_malformed import login
 from .workload import REGION, Workload
+from .zfs_node import ZfsPoolNode
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +58,36 @@ def qemu_read(url: str, dest: Path) -> bytes:
     return dest.read_bytes()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, size="16M", hold_time=10.0, replica_timeout=2.0)
+@pytest.fixture(scope="session")
+def zfs_fuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsFuse]:
+    with zfs_fuse_running(tmp_path_factory) as daemon:
+        yield daemon
+
+
+@pytest.fixture(params=["embedded", "zfs"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Three pool servers of the embedded store, or of the ZFS store (each on a zfs-fuse
+    pool of its own; fails, with the reason, without the zfs-fuse daemon)."""
+    lab: ZfsLab | None = None
+    if request.param == "zfs":
+        request.getfixturevalue("zfs_fuse")
+        lab = ZfsLab(tmp_path)
     try:
-        c.target.wait_healthy()
-        yield c
-    except BaseException:
-        print(c.report())
-        raise
+        c = Cluster(
+            tmp_path, size="16M", hold_time=10.0, replica_timeout=2.0,
+            make_node=None if lab is None else functools.partial(ZfsPoolNode, lab=lab),
+        )  # fmt: skip
+        try:
+            c.target.wait_healthy()
+            yield c
+        except BaseException:
+            print(c.report())
+            raise
+        finally:
+            c.cleanup()
     finally:
-        c.cleanup()
+        if lab is not None:
+            lab.cleanup()
 
 
 def test_a_snapshot_under_writes_is_one_point_on_every_replica_and_its_clone_serves_it(

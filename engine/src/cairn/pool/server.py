@@ -13,7 +13,9 @@ unsent replies exceed ``HIGH_WATER`` is not read until they drain.
 Things that block the loop on purpose, because they are rare and short: OPEN (opening a
 store), RESIZE, SET_META (an atomic file replace with fsync), a failed write recording
 its seq (one small ``fdatasync``), closing a replica (a flush that has little left to
-do), and a DIFF of up to ``MAX_DIFF_BLOCKS`` blocks (tens of milliseconds).
+do), a DIFF of up to ``MAX_DIFF_BLOCKS`` blocks (tens of milliseconds), SNAPSHOT,
+SNAPSHOT_DELETE and CLONE (a flush and metadata, or a ``zfs`` command), and ROLLBACK
+(a scan of the whole replica; done only with no initiator logged in).
 """
 
 from __future__ import annotations
