@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -56,6 +57,34 @@ def qemu_read(url: str, dest: Path) -> bytes:
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(dest)],
                    check=True, capture_output=True, timeout=60)  # fmt: skip
     return dest.read_bytes()
+
+
+def unit_ready(sock: socket.socket, cmdsn: int) -> tuple[int, int, int] | None:
+    """TEST UNIT READY on a logged-in raw session: None when GOOD, else (sense key, ASC,
+    ASCQ) of the CHECK CONDITION."""
+    bhs = bytes((0x01, 0x81, 0, 0, 0, 0, 0, 0)) + bytes(8)  # final, simple; LUN 0
+    bhs += struct.pack(">IIII", cmdsn + 100, 0, cmdsn, 0) + bytes(16)  # ITT, EDTL, CmdSN
+    sock.sendall(bhs)
+    sock.settimeout(10)
+    buf = b""
+    while True:
+        while len(buf) < 48:
+            chunk = sock.recv(4096)
+            assert chunk, "the target closed the session"
+            buf += chunk
+        dsl = int.from_bytes(buf[5:8], "big")
+        total = 48 + dsl + (-dsl & 3)
+        while len(buf) < total:
+            buf += sock.recv(4096)
+        pdu, buf = buf[:total], buf[total:]
+        if pdu[0] & 0x3F != 0x21:  # not the SCSI response (a NOP-In): skip it
+            continue
+        if pdu[3] == 0:
+            return None
+        sense = pdu[50 : 48 + dsl]
+        if sense[0] & 0x7F in (0x72, 0x73):
+            return sense[1] & 0x0F, sense[2], sense[3]
+        return sense[2] & 0x0F, sense[12], sense[13]
 
 
 @pytest.fixture(scope="session")
@@ -229,12 +258,24 @@ def test_online_grow_is_seen_by_readcapacity16_and_shrink_is_refused(cluster: Cl
         return int(r.stdout.strip())
 
     assert capacity() == SIZE
+    sock = socket.create_connection(("127.0.0.1", t.port))  # an initiator logged in
+    assert login(sock, t.iqn)
+    cmdsn = 1
+    for _ in range(5):  # past the unit attentions of a new session
+        sense = unit_ready(sock, cmdsn)
+        cmdsn += 1
+        if sense is None:
+            break
+    assert sense is None, sense
     status, err = api(t, "POST", "/resize", {"size": 8 * MiB})
     assert status == 400 and "shrink" in err["error"]
     assert api(t, "POST", "/resize", {"size": "big"})[0] == 400
     status, doc = api(t, "POST", "/resize", {"size": 32 * MiB})
     assert status == 200 and doc["changed"] and len(doc["replicas"]) == 3, doc
     assert capacity() == 32 * MiB
+    # the initiator that was logged in is told: CAPACITY DATA HAS CHANGED (2Ah/09h)
+    assert unit_ready(sock, cmdsn) == (0x06, 0x2A, 0x09)
+    sock.close()
     assert t.status()["size"] == 32 * MiB
     for n in cluster.nodes:
         with pool_client(n) as c:
