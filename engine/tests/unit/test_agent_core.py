@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cairn.agent import config as cfg
+from cairn.agent import state as state_module
 from cairn.agent.state import DesiredState, StateError
 from cairn.agent.supervisor import Backoff, ChildSpec, Supervisor
 
@@ -125,20 +126,22 @@ def test_state_round_trip_and_version(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["desired.json"]  # no temporary file left
 
 
-def test_state_commit_does_not_change_memory_when_the_write_fails(tmp_path):
+def test_state_commit_does_not_change_memory_when_the_write_fails(tmp_path, monkeypatch):
     s = DesiredState.load(tmp_path / "d")
     s.commit(s.snapshot())
-    os.chmod(tmp_path / "d", 0o500)
-    try:
-        if os.access(tmp_path / "d", os.W_OK):  # root ignores the mode
-            pytest.skip("running as root: the directory stays writable")
-        new = s.snapshot()
-        new["pools"]["p"] = {}
-        with pytest.raises(StateError):
-            s.commit(new)
-        assert s.version == 1 and s.pools == {}
-    finally:
-        os.chmod(tmp_path / "d", 0o700)
+
+    def full(src, dst):  # the rename fails as on a full or read-only file system
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_module.os, "replace", full)
+    new = s.snapshot()
+    new["pools"]["p"] = {}
+    with pytest.raises(StateError):
+        s.commit(new)
+    assert s.version == 1 and s.pools == {}
+    monkeypatch.undo()
+    assert DesiredState.load(tmp_path / "d").pools == {}  # the file kept the old state
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["desired.json"]  # no temporary left
 
 
 def test_state_a_crash_before_the_rename_keeps_the_old_state(tmp_path):
