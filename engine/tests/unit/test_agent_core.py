@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cairn.agent import config as cfg
-from cairn.agent import state as state_module
 from cairn.agent.state import DesiredState, StateError
 from cairn.agent.supervisor import Backoff, ChildSpec, Supervisor
+from cairn.store import _fs
 
 # --------------------------------------------------------------------------- config
 
@@ -133,7 +133,7 @@ def test_state_commit_does_not_change_memory_when_the_write_fails(tmp_path, monk
     def full(src, dst):  # the rename fails as on a full or read-only file system
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(state_module.os, "replace", full)
+    monkeypatch.setattr(_fs.os, "replace", full)
     new = s.snapshot()
     new["pools"]["p"] = {}
     with pytest.raises(StateError):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from cairn.store._fs import atomic_write
 
 FILE = "desired.json"
 
@@ -84,24 +85,9 @@ class DesiredState:
         return self.version
 
     def _write(self, doc: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{FILE}.tmp.{os.getpid()}")
         data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, data, mode=0o600)  # it may name CHAP secrets' files
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise StateError(f"cannot write {self.path}: {e.strerror or e}") from None
