@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cairn import __version__
+from cairn.cli import agent_snapshots, agent_volumes, agentcmds
 from cairn.cli import node as node_cli
 from cairn.cli import volume as volume_cli
 from cairn.pool import cli as pool_cli
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool_cli.add_parser(sub)
     volume_cli.add_parser(sub)
     node_cli.add_parser(sub)
+    agent_volumes.add_replica_group(sub)
+    agent_snapshots.add_groups(sub)
     return parser
 
 
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     from cairn import logs
 
     logs.setup(args.log_level)
+    if getattr(args, "agent_handler", None) is not None:
+        return agentcmds.run(args)
     if args.group == "target" and args.action == "serve":
         from cairn.target.serve import ServeOptions, serve
 

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from cairn.cli.agent_volumes import add_actions
+from cairn.cli.agent_watch import add_action
 from cairn.daemon import parse_host_port
 from cairn.units import approx_size as _human
 
@@ -22,7 +24,9 @@ def add_parser(sub: Any) -> None:
     volume = sub.add_parser(
         "volume",
         help="inspect a replicated volume and scale its replicas",
-        description="Inspect a replicated volume through its target's API (--status-listen).",
+        description="Manage volumes through the node agent (list, show, create, delete, "
+        "grow, watch), or inspect one through its target's own API (status, replica-add, "
+        "replica-remove with --target).",
     )
     vsub = volume.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = vsub.add_parser("status", help="the volume's state and each replica's")
@@ -35,6 +39,8 @@ def add_parser(sub: Any) -> None:
         p = vsub.add_parser(f"replica-{name}", help=what, description=what)
         p.add_argument("--target", required=True, metavar="HOST:PORT", help="the target's API")
         p.add_argument("replica", metavar="HOST:PORT", help="the replica's pool server")
+    add_actions(vsub)
+    add_action(vsub)
 
 
 def _call(target: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cairn.cli.agent_pools import add_actions
 from cairn.replication.wire import DEFAULT_PORT
 
 
@@ -14,10 +15,12 @@ def add_parser(sub: Any) -> None:
     """Add ``pool`` and its actions to the ``cairn`` command's subparsers."""
     pool = sub.add_parser(
         "pool",
-        help="run a pool server that holds replicas",
-        description="Run a pool server that holds replicas of volumes for their targets.",
+        help="pools: run a pool server; list, show, create, delete through the node agent",
+        description="Run a pool server that holds replicas of volumes for their targets "
+        "(serve), or manage a node's pools through its agent (list, show, create, delete).",
     )
     psub = pool.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_actions(psub)
     serve = psub.add_parser(
         "serve",
         help="serve the replicas of one pool over the replication protocol",

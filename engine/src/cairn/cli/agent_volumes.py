@@ -1,0 +1,195 @@
+"""``cairn volume list|show|create|delete|grow`` and ``cairn replica add|remove``: the
+volumes whose target runs on one node, through its agent."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cairn.agent.client import AgentClient
+from cairn.cli.agentcmds import command, emit_json, fields, need_yes, proc_state, size, table
+
+
+def add_actions(vsub: Any) -> None:
+    command(vsub, "list", list_volumes, "list the volumes served by the node")
+    p = command(vsub, "show", show_volume, "show one volume, its state and its replicas'")
+    p.add_argument("name")
+    p = command(vsub, "create", create_volume, "create a replicated volume and start its target")
+    p.add_argument("name")
+    p.add_argument("--size", required=True, help="bytes, or with a K/M/G/T suffix")
+    p.add_argument(
+        "--replica",
+        action="append",
+        required=True,
+        metavar="NODE/POOL",
+        help="a pool holding a replica; repeat for each (one per node)",
+    )
+    p.add_argument("--block-size", type=int, choices=[512, 4096], default=512)
+    p.add_argument(
+        "--portal",
+        default=None,
+        metavar="HOST:PORT",
+        help="where the target listens (default ADDRESS:3260 or the next free)",
+    )
+    p.add_argument("--iqn", default=None, help="default iqn.2026-11.io.cairn:NAME")
+    p.add_argument(
+        "--consistency-factor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas that must have a write (default: a majority)",
+    )
+    p.add_argument(
+        "--allow-initiator",
+        action="append",
+        default=[],
+        metavar="IQN|CIDR",
+        help="admit only these initiators; repeat for more",
+    )
+    p = command(vsub, "delete", delete_volume, "stop a volume's target and forget it")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="yes, delete it")
+    p = command(vsub, "grow", grow_volume, "grow a volume online (shrinking is refused)")
+    p.add_argument("name")
+    p.add_argument("--size", required=True, help="the new size (bytes, or K/M/G/T)")
+
+
+def add_replica_group(sub: Any) -> None:
+    group = sub.add_parser(
+        "replica",
+        help="add or remove a volume's replicas (node agent)",
+        description="Add or remove a volume's replicas through the agent that serves the volume.",
+    )
+    rsub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, handler, what in (
+        ("add", add_replica, "add a replica (it is rebuilt, then votes)"),
+        ("remove", remove_replica, "remove a replica (quorum is recomputed)"),
+    ):
+        p = command(rsub, name, handler, what)
+        p.add_argument("volume")
+        p.add_argument("pool", metavar="NODE/POOL")
+
+
+def _replica_states(v: dict[str, Any]) -> dict[str, str]:
+    st = v.get("status") or {}
+    by_addr = {r["address"]: r["state"] for r in st.get("replicas", [])}
+    return {r: by_addr.get(a, "-") for r, a in v.get("addresses", {}).items()}
+
+
+def list_volumes(args: argparse.Namespace, api: AgentClient) -> int:
+    vols = api.call("GET", "/v1/volumes")
+    if args.json:
+        emit_json(vols)
+        return 0
+    table(
+        None,
+        ["NAME", "SIZE", "REPLICAS", "PORTAL", "IQN", "TARGET"],
+        (
+            [
+                v["name"],
+                size(v["size"]),
+                ", ".join(v["replicas"]),
+                v["portal"],
+                v["iqn"],
+                proc_state(v),
+            ]
+            for v in vols
+        ),
+    )
+    return 0
+
+
+def show(v: dict[str, Any]) -> None:
+    st = v.get("status") or {}
+    origin = v.get("origin")
+    fields(
+        f"volume {v['name']} (node {v['node']})",
+        [
+            ("state", st.get("state") or f"unknown ({v.get('status_error')})"),
+            ("size", f"{size(v['size'])} ({v['size']} bytes)"),
+            ("block size", v["block_size"]),
+            ("portal", v["portal"]),
+            ("iqn", v["iqn"]),
+            ("url", f"iscsi://{v['portal']}/{v['iqn']}/0"),
+            ("consistency factor", st.get("consistency_factor", v.get("consistency_factor"))),
+            ("writable", st.get("writable")),
+            ("origin", f"{origin['volume']}@{origin['snapshot']}" if origin else None),
+            ("target", proc_state(v)),
+        ],
+    )
+    states = _replica_states(v)
+    table(
+        None,
+        ["REPLICA", "ADDRESS", "STATE"],
+        ([r, a, states.get(r)] for r, a in v["addresses"].items()),
+    )
+
+
+def show_volume(args: argparse.Namespace, api: AgentClient) -> int:
+    v = api.call("GET", f"/v1/volumes/{args.name}")
+    emit_json(v) if args.json else show(v)
+    return 0
+
+
+def create_volume(args: argparse.Namespace, api: AgentClient) -> int:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "size": args.size,
+        "replicas": args.replica,
+        "block_size": args.block_size,
+    }
+    for key in ("portal", "iqn", "consistency_factor"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.allow_initiator:
+        body["acl"] = args.allow_initiator
+    v = api.call("POST", "/v1/volumes", body)
+    if args.json:
+        emit_json(v)
+    else:
+        print(
+            f"created volume {v['name']}: {size(v['size'])}, replicas "
+            f"{', '.join(v['replicas'])}, iscsi://{v['portal']}/{v['iqn']}/0"
+        )
+    return 0
+
+
+def delete_volume(args: argparse.Namespace, api: AgentClient) -> int:
+    need_yes(args, f"the volume {args.name!r} (its target and its state)")
+    doc = api.call("DELETE", f"/v1/volumes/{args.name}", {"confirm": args.name})
+    emit_json(doc) if args.json else print(f"deleted volume {args.name}")
+    return 0
+
+
+def grow_volume(args: argparse.Namespace, api: AgentClient) -> int:
+    v = api.call("PATCH", f"/v1/volumes/{args.name}", {"size": args.size})
+    if args.json:
+        emit_json(v)
+    else:
+        print(f"volume {v['name']} is now {size(v['size'])} ({v['size']} bytes)")
+    return 0
+
+
+def add_replica(args: argparse.Namespace, api: AgentClient) -> int:
+    v = api.call("POST", f"/v1/volumes/{args.volume}/replicas", {"pool": args.pool})
+    if args.json:
+        emit_json(v)
+    else:
+        print(
+            f"added {args.pool} to {v['name']} (rebuilding; `cairn volume watch {v['name']}`)"
+            f"; replicas: {', '.join(v['replicas'])}"
+        )
+    return 0
+
+
+def remove_replica(args: argparse.Namespace, api: AgentClient) -> int:
+    if args.pool.count("/") != 1:
+        from cairn.cli.agentcmds import EXIT_USAGE, Refused
+
+        raise Refused(EXIT_USAGE, f"{args.pool!r}: a replica is NODE/POOL")
+    v = api.call("DELETE", f"/v1/volumes/{args.volume}/replicas/{args.pool}")
+    if args.json:
+        emit_json(v)
+    else:
+        print(f"removed {args.pool} from {v['name']}; replicas: {', '.join(v['replicas'])}")
+    return 0
