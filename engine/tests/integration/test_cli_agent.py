@@ -99,6 +99,7 @@ def test_pools(cli: Cli) -> None:
     assert cli.run("pool", "create", "bad", "--path", "relative", expect=2).returncode == 2
     cli.run("pool", "list", expect=5, token=cli.bad_token)
     cli.run("pool", "list", expect=5, token=cli.bad_token.parent / "missing")
+    cli.run("pool", "list", expect=5, token=cli.nodes[0].config)  # not one line
     dead = [find_cairn(), "pool", "list", "--api", f"http://127.0.0.1:{free_port()}",
             "--token-file", str(cli.nodes[0].token_file)]  # fmt: skip
     assert subprocess.run(dead, capture_output=True, timeout=60).returncode == 5

@@ -79,6 +79,8 @@ def client(args: argparse.Namespace) -> AgentClient:
         token = args.token_file.read_text().strip()
     except OSError as e:
         raise Refused(EXIT_UNREACHABLE, f"cannot read the token file: {e}") from None
+    if not token or not all(0x21 <= ord(c) <= 0x7E for c in token):
+        raise Refused(EXIT_UNREACHABLE, f"{args.token_file} does not hold one token (one line)")
     return AgentClient(args.api, token)
 
 
@@ -115,12 +117,19 @@ def table(title: str | None, headers: list[str], rows: Iterable[Iterable[Any]]) 
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for h in headers:
         t.add_column(h, overflow="fold")
     for row in rows:
         t.add_row(*("-" if v is None else str(v) for v in row))
-    console().print(t)
+    out = console()
+    if out.is_terminal:
+        out.print(t)
+        return
+    with out.capture() as cap:
+        out.print(t)
+    lines = [line.rstrip() for line in cap.get().splitlines()]
+    print("\n".join(line for line in lines if line))
 
 
 def fields(title: str, items: Iterable[tuple[str, Any]]) -> None:
