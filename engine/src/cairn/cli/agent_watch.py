@@ -74,23 +74,22 @@ def watch(args: argparse.Namespace, api: AgentClient) -> int:
         TransferSpeedColumn(),
         TextColumn("ETA {task.fields[eta]}"),
     )
+    seen = 0  # the largest total of a rebuild seen: the bar's end
     with Progress(*columns, console=console(), transient=False) as bar:
         task = bar.add_task(f"{args.name} rebuild", total=None, eta="-")
         while st.get("state") != "healthy":
             done, total, _rate, eta, _src = progress(st)
-            bar.update(
-                task,
-                completed=done,
-                total=total or None,
-                eta=f"{eta:.0f} s" if eta is not None else "-",
-            )
+            seen = max(seen, total)
+            shown = f"{eta:.0f} s" if eta is not None else "-"
+            bar.update(task, completed=done, total=total or None, eta=shown)
             if deadline is not None and time.monotonic() > deadline:
                 bar.console.print(line(args.name, st))
                 return 1
             time.sleep(args.interval)
             st = api.call("GET", path)
-        bar.update(
-            task, completed=bar.tasks[0].total or 1, total=bar.tasks[0].total or 1, eta="0 s"
-        )
+        if seen:
+            bar.update(task, completed=seen, total=seen, eta="0 s")
+        else:  # no rebuild seen (done before the first look, or none): no bar
+            bar.remove_task(task)
     print(line(args.name, st))
     return 0
