@@ -73,7 +73,7 @@ def qemu_io(*commands: str, url: str) -> str:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     if shutil.which("qemu-io") is None:
-        pytest.skip("qemu-io not installed")
+        pytest.fail("qemu-io is not installed (scripts/install.sh installs qemu-utils)")
     ns = Nodes(tmp_path_factory.mktemp("agents"))
     try:
         for n in ns.nodes:

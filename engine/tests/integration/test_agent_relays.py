@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def node(tmp_path) -> Iterator[AgentNode]:
     if shutil.which("qemu-io") is None:
-        pytest.skip("qemu-io not installed")
+        pytest.fail("qemu-io is not installed (scripts/install.sh installs qemu-utils)")
     n = AgentNode(tmp_path, "node-r", "127.0.0.40")
     try:
         n.start()

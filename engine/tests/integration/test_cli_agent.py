@@ -51,7 +51,7 @@ class Cli:
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     if shutil.which("qemu-io") is None:
-        pytest.skip("qemu-io not installed")
+        pytest.fail("qemu-io is not installed (scripts/install.sh installs qemu-utils)")
     c = Cli(tmp_path_factory.mktemp("cli"))
     try:
         for n in c.nodes:
