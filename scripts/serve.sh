@@ -1,20 +1,8 @@
 #!/usr/bin/env bash
-# The main job on one machine: serve a thin volume on 127.0.0.1:3260 and print its URL.
+# The main job on one machine: `cairn up` (docs/agent.md) starts a node agent with three
+# embedded pools on 127.0.0.2-4 and one 3-replica volume on 127.0.0.1:3260, prints its
+# iSCSI URL and how to look at it, and runs until Ctrl-C. A second run resumes the data.
+# Options go to `cairn up` (e.g. --replicas 5 --size 4G); CAIRN_DATA says where data lives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${CAIRN_DATA:-/var/lib/cairn/local}
-VOLUME=${CAIRN_VOLUME:-vol1}
-SIZE=${CAIRN_SIZE:-1G}
-PORTAL=${CAIRN_PORTAL:-127.0.0.1:3260}
-IQN=${CAIRN_IQN:-iqn.2026-11.org.cairn:$VOLUME}
-mkdir -p "$DATA"
-cat >&2 <<MSG
-cairn: serving volume '$VOLUME' ($SIZE) from $DATA on $PORTAL; stop with Ctrl-C.
-cairn: the line below is the iSCSI URL. Try it from another shell:
-  iscsi-ls -s iscsi://$PORTAL          # discovery
-  iscsi-inq iscsi://$PORTAL/$IQN/0
-  qemu-img info iscsi://$PORTAL/$IQN/0
-  qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' iscsi://$PORTAL/$IQN/0
-MSG
-exec .venv/bin/cairn target serve --volume "$VOLUME" --size "$SIZE" --data "$DATA" \
-  --portal "$PORTAL" --iqn "$IQN"
+exec .venv/bin/cairn up --data "${CAIRN_DATA:-/var/lib/cairn/up}" "$@"

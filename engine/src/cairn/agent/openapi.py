@@ -113,6 +113,12 @@ SCHEMAS: dict[str, Any] = {
             "acl": {"type": "array", "items": {"type": "string"}},
             "hold_time": {"type": "number", "exclusiveMinimum": 0},
             "replica_timeout": {"type": "number", "exclusiveMinimum": 0},
+            "allow_same_node": {
+                "type": "boolean",
+                "default": False,
+                "description": "let replicas share a node (one-machine setups; no protection "
+                "against losing that node)",
+            },
         },
     },
     "Volume": {
@@ -150,6 +156,7 @@ SCHEMAS: dict[str, Any] = {
             "acl": {"type": "array", "items": {"type": "string"}},
             "status_port": {"type": "integer"},
             "origin": {"type": "object"},
+            "allow_same_node": {"type": "boolean"},
             "process": _ref("Process"),
             "status": {"oneOf": [_ref("TargetStatus"), {"type": "null"}]},
             "status_error": {"type": ["string", "null"]},

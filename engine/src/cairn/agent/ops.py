@@ -367,6 +367,8 @@ class Agent:
         }
         if vol.get("origin"):
             doc["origin"] = vol["origin"]
+        if vol.get("allow_same_node"):
+            doc["allow_same_node"] = True
         return doc
 
     def _volume(self, name: str) -> dict[str, Any]:
@@ -393,7 +395,11 @@ class Agent:
     async def volume_status(self, name: str) -> dict[str, Any]:
         return await self._target(name, "GET", "/status")
 
-    def _check_nodes(self, replicas: list[str]) -> None:
+    def _check_nodes(self, replicas: list[str], same_node: bool = False) -> None:
+        """Each replica on a different node, unless the volume allows them on one
+        (``allow_same_node``: one-machine setups such as ``cairn up``)."""
+        if same_node:
+            return
         nodes = [parse_replica(r)[0] for r in replicas]
         for n in set(nodes):
             if nodes.count(n) > 1:
@@ -406,7 +412,7 @@ class Agent:
         name = _name(body)
         allowed = {
             "name", "size", "replicas", "block_size", "portal", "iqn", "consistency_factor",
-            "chap", "acl", "hold_time", "replica_timeout",
+            "chap", "acl", "hold_time", "replica_timeout", "allow_same_node",
         }  # fmt: skip
         unknown = set(body) - allowed
         if unknown:
@@ -422,7 +428,12 @@ class Agent:
             raise OpError(400, "replicas: a non-empty list of NODE/POOL")
         for r in replicas:
             parse_replica(r)
-        self._check_nodes(replicas)
+        same_node = body.get("allow_same_node", False)
+        if not isinstance(same_node, bool):
+            raise OpError(400, "allow_same_node: true or false")
+        if len(set(replicas)) != len(replicas):
+            raise OpError(400, f"replicas: {', '.join(replicas)} names a pool twice")
+        self._check_nodes(replicas, same_node)
         cf = body.get("consistency_factor")
         if cf is not None and (
             not isinstance(cf, int) or isinstance(cf, bool) or not 1 <= cf <= len(replicas)
@@ -444,6 +455,8 @@ class Agent:
                 if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
                     raise OpError(400, f"{key}: a positive number of seconds")
                 extra[key] = v
+        if same_node:
+            extra["allow_same_node"] = True
         async with self.lock:
             if name in self.state.volumes:
                 raise OpError(409, f"volume {name!r} exists")
@@ -517,7 +530,7 @@ class Agent:
             vol = self._volume(name)
             if replica in vol["replicas"]:
                 raise OpError(409, f"{replica} is already a replica of {name}")
-            self._check_nodes([*vol["replicas"], replica])
+            self._check_nodes([*vol["replicas"], replica], vol.get("allow_same_node", False))
             address = await self._resolve(replica)
             await self._target(name, "POST", "/replicas", {"add": address})
             new = self.state.snapshot()
@@ -601,7 +614,7 @@ class Agent:
                 "consistency_factor": None, "chap": src.get("chap"), "acl": src.get("acl", []),
                 "status_port": _free_port(), "origin": {"volume": name, "snapshot": snap},
             }  # fmt: skip
-            for key in ("hold_time", "replica_timeout"):
+            for key in ("hold_time", "replica_timeout", "allow_same_node"):
                 if src.get(key) is not None:
                     vol[key] = src[key]
             return await self._add_volume(clone, vol)

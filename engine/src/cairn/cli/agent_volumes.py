@@ -4,10 +4,21 @@ volumes whose target runs on one node, through its agent."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from cairn.agent.client import AgentClient
-from cairn.cli.agentcmds import command, emit_json, fields, need_yes, proc_state, size, table
+from cairn.cli.agentcmds import (
+    EXIT_USAGE,
+    Refused,
+    command,
+    emit_json,
+    fields,
+    need_yes,
+    proc_state,
+    size,
+    table,
+)
 
 
 def add_actions(vsub: Any) -> None:
@@ -45,6 +56,38 @@ def add_actions(vsub: Any) -> None:
         default=[],
         metavar="IQN|CIDR",
         help="admit only these initiators; repeat for more",
+    )
+    p.add_argument(
+        "--chap-user",
+        default=None,
+        metavar="NAME",
+        help="require CHAP: the initiator's user name (with --chap-secret-file)",
+    )
+    p.add_argument(
+        "--chap-secret-file",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="file holding the initiator's CHAP secret (12 to 255 characters)",
+    )
+    p.add_argument(
+        "--chap-target-user",
+        default=None,
+        metavar="NAME",
+        help="mutual CHAP: the target's user name (with --chap-target-secret-file)",
+    )
+    p.add_argument(
+        "--chap-target-secret-file",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="file holding the target's CHAP secret for mutual CHAP",
+    )
+    p.add_argument(
+        "--allow-same-node",
+        action="store_true",
+        help="let replicas share a node (one-machine setups: no protection against "
+        "losing that node)",
     )
     p = command(vsub, "delete", delete_volume, "stop a volume's target and forget it")
     p.add_argument("name")
@@ -131,6 +174,36 @@ def show_volume(args: argparse.Namespace, api: AgentClient) -> int:
     return 0
 
 
+def _secret(path: Path, option: str) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as e:
+        raise Refused(EXIT_USAGE, f"{option}: cannot read {path}: {e.strerror or e}") from None
+    if not text or "\n" in text:
+        raise Refused(EXIT_USAGE, f"{option}: {path} must hold the secret on one line")
+    return text
+
+
+def _chap_args(args: argparse.Namespace) -> dict[str, str]:
+    """The ``chap`` field of a create, the secrets read from their files (never on the
+    command line, where other users of the host see them)."""
+    chap: dict[str, str] = {}
+    for user, secret, ukey, skey in (
+        ("chap_user", "chap_secret_file", "username", "secret"),
+        ("chap_target_user", "chap_target_secret_file", "target_username", "target_secret"),
+    ):
+        u, f = getattr(args, user), getattr(args, secret)
+        if (u is None) != (f is None):
+            opt_u, opt_f = ("--" + user.replace("_", "-"), "--" + secret.replace("_", "-"))
+            raise Refused(EXIT_USAGE, f"{opt_u} and {opt_f}: give both or neither")
+        if u is not None:
+            chap[ukey] = u
+            chap[skey] = _secret(f, "--" + secret.replace("_", "-"))
+    if chap and "username" not in chap:
+        raise Refused(EXIT_USAGE, "mutual CHAP (--chap-target-user) needs --chap-user too")
+    return chap
+
+
 def create_volume(args: argparse.Namespace, api: AgentClient) -> int:
     body: dict[str, Any] = {
         "name": args.name,
@@ -143,6 +216,11 @@ def create_volume(args: argparse.Namespace, api: AgentClient) -> int:
             body[key] = getattr(args, key)
     if args.allow_initiator:
         body["acl"] = args.allow_initiator
+    if args.allow_same_node:
+        body["allow_same_node"] = True
+    chap = _chap_args(args)
+    if chap:
+        body["chap"] = chap
     v = api.call("POST", "/v1/volumes", body)
     if args.json:
         emit_json(v)

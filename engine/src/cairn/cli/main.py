@@ -9,6 +9,7 @@ from pathlib import Path
 from cairn import __version__
 from cairn.cli import agent_snapshots, agent_volumes, agentcmds
 from cairn.cli import node as node_cli
+from cairn.cli import up as up_cli
 from cairn.cli import volume as volume_cli
 from cairn.pool import cli as pool_cli
 from cairn.units import parse_size
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     pool_cli.add_parser(sub)
     volume_cli.add_parser(sub)
     node_cli.add_parser(sub)
+    up_cli.add_parser(sub)
     agent_volumes.add_replica_group(sub)
     agent_snapshots.add_groups(sub)
     return parser
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return volume_cli.run(args)
     if args.group == "node":
         return node_cli.run(args)
+    if args.group == "up":
+        return up_cli.run(args)
     parser.error("unknown command")
     return EXIT_USAGE
 

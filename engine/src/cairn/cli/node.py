@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,13 @@ class AgentStartError(Exception):
     pass
 
 
-async def run_agent(config: Any, ready_fd: int | None = None) -> int:
+async def run_agent(
+    config: Any,
+    ready_fd: int | None = None,
+    on_ready: Callable[[Any], Awaitable[None]] | None = None,
+) -> int:
+    """Run the agent until SIGTERM or SIGINT.  ``on_ready(agent)`` runs once the API
+    answers (``cairn up`` makes its pools and volume there); a signal cancels it."""
     from aiohttp import web
 
     from cairn.agent import api, metrics
@@ -96,6 +103,17 @@ async def run_agent(config: Any, ready_fd: int | None = None) -> int:
         if ready_fd is not None:
             os.write(ready_fd, b"ok\n")
             os.close(ready_fd)
+        if on_ready is not None:
+            hook = asyncio.ensure_future(on_ready(agent))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({hook, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not hook.done():
+                hook.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await hook
+            else:
+                stopped.cancel()
+                hook.result()  # its error stops the agent
         await stop.wait()
         log.info("event=agent_stopping node=%s", config.name)
     finally:
