@@ -153,10 +153,14 @@ def test_volumes_snapshots_clones(cli: Cli) -> None:
     assert once.startswith("volume vol: healthy") and once.count("healthy") == 4, once
     assert cli.json("volume", "watch", "vol", "--once")["state"] == "healthy"
     cli.run("volume", "watch", "nope", "--once", expect=3)
+    assert cli.json("pool", "show", "p1", node=1)["volumes"] == ["vol"]
     out = cli.out("replica", "remove", "vol", "node-y/p1")
     assert "removed node-y/p1" in out and "node-x/p1, node-z/p1" in out, out
     cli.run("replica", "remove", "vol", "node-y/p1", expect=3)
     healthy(cli, "vol", 2)
+    # the removed replica's data is deleted from its pool
+    assert cli.json("pool", "show", "p1", node=1)["volumes"] == []
+    assert "volumes" in cli.out("pool", "show", "p1", node=1)
 
     # grow; shrink refused
     assert "now 24.0 MiB" in cli.out("volume", "grow", "vol", "--size", "24M")
@@ -193,10 +197,17 @@ def test_volumes_snapshots_clones(cli: Cli) -> None:
     cli.run("snapshot", "delete", "vol", "s1", expect=2)
     cli.run("snapshot", "delete", "vol", "s1", "--yes", expect=4)
     cli.run("volume", "delete", "c1", expect=2)
+    said = cli.run("volume", "delete", "vol", "--yes", expect=4).stderr
+    assert "clones c1" in said, said  # the clone depends on vol@s1
+    assert sorted(cli.json("pool", "show", "p1")["volumes"]) == ["c1", "vol"]
+    # the pool holds replicas: deleting it is a conflict
+    cli.run("pool", "delete", "p1", "--yes", expect=4)
+    # forced: vol goes, the clone keeps what it needs and still reads vol@s1's data
+    assert "deleted volume vol" in cli.out("volume", "delete", "vol", "--yes", "--force")
+    assert [v["name"] for v in cli.json("volume", "list")] == ["c1"]
+    qemu_io("read -P 33 0 64k", url=f"iscsi://{cportal}/iqn.2026-11.io.cairn:c1/0")
     assert "deleted volume c1" in cli.out("volume", "delete", "c1", "--yes")
     cli.run("volume", "delete", "c1", "--yes", expect=3)
-    assert [v["name"] for v in cli.json("volume", "list")] == ["vol"]
-    # the pool still holds a replica: deleting it is a conflict
-    cli.run("pool", "delete", "p1", "--yes", expect=4)
-    assert "deleted volume vol" in cli.out("volume", "delete", "vol", "--yes")
     assert cli.json("volume", "list") == []
+    for node in (0, 2):  # nothing of either is left on their pools
+        assert cli.json("pool", "show", "p1", node=node)["volumes"] == []

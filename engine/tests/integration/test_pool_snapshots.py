@@ -64,3 +64,57 @@ def test_rollback_rewrites_what_changed_with_its_own_seq(shared_server):  # noqa
         assert e.value.status == Status.NOT_FOUND
         c.snapshot_delete("before")
         assert c.snapshots() == []
+
+
+def test_destroy_refuses_open_and_cloned_volumes_then_frees_the_space(shared_server):  # noqa: F811
+    pool_dir = shared_server.path
+    with shared_server.client() as c:
+        c.open("gone", 8 * MiB, 512)
+        c.write(0, pattern(4, 4 * MiB), seq=1)
+        c.snapshot("s")
+        c.clone("s", "gone-clone")
+        with shared_server.client() as d:
+            with pytest.raises(PoolError) as e:
+                d.destroy("gone")  # still open on c
+            assert e.value.status == Status.CONFLICT and "is open" in str(e.value)
+    used = _du(pool_dir)
+    with shared_server.client() as d:
+        with pytest.raises(PoolError) as e:
+            d.destroy("gone")  # a clone depends on its snapshot
+        assert e.value.status == Status.CONFLICT and "gone-clone" in str(e.value)
+        d.destroy("gone-clone")
+        d.destroy("gone")
+        with pytest.raises(PoolError) as e:
+            d.destroy("gone")
+        assert e.value.status == Status.NOT_FOUND
+        with pytest.raises(PoolError) as e:
+            d.open("gone", 8 * MiB, 512, create=False)
+        assert e.value.status == Status.NOT_FOUND
+        info = d.open("gone", 8 * MiB, 512)  # a new volume of that name starts empty
+        assert info["high_seq"] == 0 and d.read(0, MiB) == bytes(MiB)
+    assert _du(pool_dir) <= used - 3 * MiB, (used, _du(pool_dir))
+
+
+def test_destroy_with_force_keeps_what_a_clone_needs(shared_server):  # noqa: F811
+    with shared_server.client() as c:
+        c.open("forced", 4 * MiB, 512)
+        c.write(0, pattern(5, MiB), seq=1)
+        c.snapshot("s")
+        c.clone("s", "forced-clone")
+    with shared_server.client() as d:
+        d.destroy("forced", force=True)
+        d.open("forced-clone", 4 * MiB, 512, create=False)
+        assert d.read(0, MiB) == pattern(5, MiB)
+
+
+def _du(path) -> int:  # bytes allocated under ``path``
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total

@@ -48,12 +48,12 @@ def test_header_layout_is_40_bytes_big_endian():
 
 
 def test_opcode_and_status_values_are_the_protocol():
-    assert [int(o) for o in Op] == list(range(1, 22))
+    assert [int(o) for o in Op] == list(range(1, 23))
     assert [o.name for o in Op][:4] == ["HELLO", "AUTH", "OPEN", "WRITE"]
     assert Op.CLOSE == 14 and Op.REBUILD == 10 and Op.READ_SEQS == 9
     assert Op.ATTACH_RING == 15 and Op.WRITE_SHM == 16
     assert Op.SNAPSHOT == 17 and Op.SNAPSHOT_DELETE == 18 and Op.SNAPSHOT_LIST == 19
-    assert Op.CLONE == 20 and Op.ROLLBACK == 21
+    assert Op.CLONE == 20 and Op.ROLLBACK == 21 and Op.DESTROY == 22
     assert [int(s) for s in Status] == list(range(0, 13))
     assert Status.NO_SPACE == 6 and Status.INTERNAL == 10 and Status.BAD_VERSION == 1
     assert Status.SUPERSEDED == 11 and Status.CONFLICT == 12

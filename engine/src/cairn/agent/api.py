@@ -101,7 +101,7 @@ async def create_pool(request: web.Request) -> web.Response:
 
 
 async def show_pool(request: web.Request) -> web.Response:
-    return _json(_agent(request).show_pool(request.match_info["pool"]))
+    return _json(await _agent(request).show_pool(request.match_info["pool"]))
 
 
 async def delete_pool(request: web.Request) -> web.Response:

@@ -77,6 +77,13 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "process": _ref("Process"),
+            "volumes": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "GET /v1/pools/{pool} only: the volumes with a replica on "
+                "the pool (null, with volumes_error, when its server does not answer)",
+            },
+            "volumes_error": {"type": "string"},
         },
     },
     "Chap": {
@@ -157,6 +164,12 @@ SCHEMAS: dict[str, Any] = {
             "status_port": {"type": "integer"},
             "origin": {"type": "object"},
             "allow_same_node": {"type": "boolean"},
+            "left": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "replica remove: the removed replica's data if it could not "
+                "be deleted from its pool, with the reason",
+            },
             "process": _ref("Process"),
             "status": {"oneOf": [_ref("TargetStatus"), {"type": "null"}]},
             "status_error": {"type": ["string", "null"]},
@@ -203,7 +216,15 @@ SCHEMAS: dict[str, Any] = {
     "Deleted": {
         "type": "object",
         "required": ["deleted"],
-        "properties": {"deleted": {"type": "string"}},
+        "properties": {
+            "deleted": {"type": "string"},
+            "left": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "volume delete: replicas whose data could not be deleted "
+                "from their pool, with the reason (the volume itself is gone)",
+            },
+        },
     },
     "Resize": {
         "type": "object",
@@ -339,10 +360,11 @@ def document() -> dict[str, Any]:
                 params=V,
             ),  # fmt: skip
             "delete": _op(
-                "stop the volume's target and forget it",
+                "stop the volume's target, forget it and delete its data on every replica; "
+                "refused while clones depend on it unless force",
                 (200, _ref("Deleted")),
                 "Confirm",
-                (400, 404),
+                (400, 404, 409),
                 params=V,
             ),
             "patch": _op(

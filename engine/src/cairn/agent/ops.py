@@ -21,6 +21,7 @@ import aiohttp
 
 from cairn.agent.client import ApiError, peer_request, ssl_context, target_request
 from cairn.agent.config import NAME_RE, NodeConfig
+from cairn.agent.pool_requests import destroy_replicas, pool_volumes
 from cairn.agent.state import DesiredState
 from cairn.agent.supervisor import ChildSpec, Supervisor
 from cairn.daemon import parse_host_port
@@ -250,10 +251,16 @@ class Agent:
     def list_pools(self) -> list[dict[str, Any]]:
         return [self.pool_doc(n) for n in sorted(self.state.pools)]
 
-    def show_pool(self, name: str) -> dict[str, Any]:
+    async def show_pool(self, name: str) -> dict[str, Any]:
+        """One pool, with the volumes that have a replica on it (asked of its server)."""
         if name not in self.state.pools:
             raise OpError(404, f"no pool {name!r} on node {self.config.name}")
-        return self.pool_doc(name)
+        doc = self.pool_doc(name)
+        try:
+            doc["volumes"] = await pool_volumes(doc["address"], self.config.secret_file)
+        except RuntimeError as e:
+            doc["volumes"], doc["volumes_error"] = None, str(e)
+        return doc
 
     async def create_pool(self, body: dict[str, Any]) -> dict[str, Any]:
         name = _name(body)
@@ -431,9 +438,9 @@ class Agent:
         same_node = body.get("allow_same_node", False)
         if not isinstance(same_node, bool):
             raise OpError(400, "allow_same_node: true or false")
+        self._check_nodes(replicas, same_node)
         if len(set(replicas)) != len(replicas):
             raise OpError(400, f"replicas: {', '.join(replicas)} names a pool twice")
-        self._check_nodes(replicas, same_node)
         cf = body.get("consistency_factor")
         if cf is not None and (
             not isinstance(cf, int) or isinstance(cf, bool) or not 1 <= cf <= len(replicas)
@@ -491,15 +498,37 @@ class Agent:
         return self.volume_doc(name)
 
     async def delete_volume(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Stop the target, forget the volume, delete its data on every pool.  Refused
+        while clones depend on it unless ``force`` (the data the clones need stays)."""
+        unknown = set(body) - {"confirm", "force"}
+        if unknown:
+            raise OpError(400, f"{sorted(unknown)[0]}: unknown field")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise OpError(400, "force: true or false")
         async with self.lock:
             vol = self._volume(name)
-            _confirm(body, name, f"the volume {name!r}")
+            _confirm(body, name, f"the volume {name!r} and its data on every replica")
+            clones = sorted(
+                c for c, v in self.state.volumes.items()
+                if (v.get("origin") or {}).get("volume") == name
+            )  # fmt: skip
+            if clones and not force:
+                raise OpError(
+                    409,
+                    f"volume {name!r} has clones {', '.join(clones)} that depend on its "
+                    'snapshots: delete them first, or send "force": true (the data they '
+                    "need stays on the pools)",
+                )
             await self.supervisor.stop(f"volume-{name}")
             new = self.state.snapshot()
             del new["volumes"][name]
             self.state.commit(new)
             shutil.rmtree(self.volume_dir(name), ignore_errors=True)
-            return {"deleted": name, "replicas": vol["replicas"]}
+            left = await destroy_replicas(
+                vol["addresses"], name, force or bool(clones), self.config.secret_file
+            )
+            return {"deleted": name, "replicas": vol["replicas"], "left": left}
 
     async def resize_volume(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         unknown = set(body) - {"size"}
@@ -548,14 +577,16 @@ class Agent:
                 raise OpError(404, f"{replica} is not a replica of {name}")
             if len(vol["replicas"]) == 1:
                 raise OpError(409, f"{replica} is the last replica of {name}")
-            await self._target(name, "POST", "/replicas", {"remove": vol["addresses"][replica]})
+            address = vol["addresses"][replica]
+            await self._target(name, "POST", "/replicas", {"remove": address})
             new = self.state.snapshot()
             v = new["volumes"][name]
             v["replicas"].remove(replica)
             del v["addresses"][replica]
             self.state.commit(new)
             self.supervisor.set_argv(f"volume-{name}", self._volume_argv(name, v))
-            return self.volume_doc(name)
+            left = await destroy_replicas({replica: address}, name, False, self.config.secret_file)
+            return {**self.volume_doc(name), "left": left}
 
     # -- snapshots, clones, rollback (the target owns the point in time) ---------------
 

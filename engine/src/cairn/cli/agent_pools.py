@@ -80,8 +80,17 @@ def show(p: dict[str, Any]) -> None:
             ("server", proc.get("state")),
             ("pid", proc.get("pid")),
             ("restarts", proc.get("restarts")),
+            *_volumes(p),
         ],
     )
+
+
+def _volumes(p: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "volumes" not in p:  # a create's answer: not asked of the server
+        return []
+    if p["volumes"] is None:
+        return [("volumes", f"unknown: {p.get('volumes_error')}")]
+    return [("volumes", ", ".join(p["volumes"]) or "none")]
 
 
 def show_pool(args: argparse.Namespace, api: AgentClient) -> int:

@@ -4,6 +4,7 @@ volumes whose target runs on one node, through its agent."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,16 @@ def add_actions(vsub: Any) -> None:
         help="let replicas share a node (one-machine setups: no protection against "
         "losing that node)",
     )
-    p = command(vsub, "delete", delete_volume, "stop a volume's target and forget it")
+    p = command(
+        vsub, "delete", delete_volume, "stop a volume's target and delete it on every replica"
+    )
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="yes, delete it")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="even while clones depend on it (the data they need stays on the pools)",
+    )
     p = command(vsub, "grow", grow_volume, "grow a volume online (shrinking is refused)")
     p.add_argument("name")
     p.add_argument("--size", required=True, help="the new size (bytes, or K/M/G/T)")
@@ -232,10 +240,19 @@ def create_volume(args: argparse.Namespace, api: AgentClient) -> int:
     return 0
 
 
+def _left(doc: dict[str, Any]) -> None:
+    for replica, why in (doc.get("left") or {}).items():
+        print(f"cairn: warning: the data on {replica} was left behind: {why}", file=sys.stderr)
+
+
 def delete_volume(args: argparse.Namespace, api: AgentClient) -> int:
-    need_yes(args, f"the volume {args.name!r} (its target and its state)")
-    doc = api.call("DELETE", f"/v1/volumes/{args.name}", {"confirm": args.name})
+    need_yes(args, f"the volume {args.name!r} and its data on every replica")
+    body: dict[str, Any] = {"confirm": args.name}
+    if args.force:
+        body["force"] = True
+    doc = api.call("DELETE", f"/v1/volumes/{args.name}", body)
     emit_json(doc) if args.json else print(f"deleted volume {args.name}")
+    _left(doc)
     return 0
 
 
@@ -270,4 +287,5 @@ def remove_replica(args: argparse.Namespace, api: AgentClient) -> int:
         emit_json(v)
     else:
         print(f"removed {args.pool} from {v['name']}; replicas: {', '.join(v['replicas'])}")
+    _left(v)
     return 0

@@ -284,6 +284,10 @@ class PoolClient:
     def clone(self, snapshot: str, name: str) -> dict[str, Any]:
         return self._json(Op.CLONE, {"snapshot": snapshot, "name": name})
 
+    def destroy(self, name: str, force: bool = False) -> None:
+        """Delete closed volume ``name`` and its snapshots from the pool."""
+        self.request(Op.DESTROY, data=json_payload({"name": name, "force": force}))
+
     def rollback(self, snapshot: str, seq: int) -> int:
         return int(self._json(Op.ROLLBACK, {"snapshot": snapshot}, seq=seq)["blocks"])
 

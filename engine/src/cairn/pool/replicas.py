@@ -23,6 +23,7 @@ volume deleted and created again does not inherit them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import Any
 from cairn.blockdev import StoreError
 from cairn.store import EmbeddedPool, EmbeddedVolume, NotFoundError
 from cairn.store._fs import atomic_write, atomic_write_json, fsync_dir, os_error
+from cairn.store.errors import BusyError
 
 log = logging.getLogger("cairn.pool")
 
@@ -275,6 +277,8 @@ class Replicas:
             self.state_dir.mkdir()
             fsync_dir(pool.path)
         self.open: dict[str, Replica] = {}
+        #: volumes a DESTROY is deleting in a worker thread: not to be opened meanwhile
+        self.destroying: set[str] = set()
         self._flushes: set[asyncio.Future[None]] = set()
         self.closed = False
 
@@ -288,6 +292,8 @@ class Replicas:
             raise OpenRefused(
                 f"size {size} is not a positive multiple of the block size {block_size}"
             )
+        if name in self.destroying:
+            raise BusyError(f"volume {name!r} is being deleted from pool {self.pool_name}")
         rep = self.open.get(name)
         if rep is None:
             rep = self._open(name, size, block_size, create)
@@ -359,6 +365,18 @@ class Replicas:
         finally:
             rep.close_files()
         log.info("event=replica_closed pool=%s volume=%s", self.pool_name, rep.name)
+
+    def destroy(self, name: str, force: bool) -> None:
+        """Delete closed volume ``name``, its snapshots and its replication state (run in
+        a worker thread; ``destroying`` keeps it from being opened meanwhile)."""
+        uuid = next((v.uuid for v in self.pool.list_volumes() if v.name == name), None)
+        self.pool.delete_volume(name, force=force)
+        if uuid is not None:
+            for suffix in (".meta.json", ".clean"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.state_dir / f"{uuid}{suffix}").unlink()
+        log.info("event=replica_destroyed pool=%s volume=%s force=%s",
+                 self.pool_name, name, str(force).lower())  # fmt: skip
 
     async def close_all(self) -> None:
         """Wait for flushes in progress, then flush and close every open replica."""

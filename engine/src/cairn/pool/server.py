@@ -966,6 +966,50 @@ class PoolProtocol(asyncio.BufferedProtocol):
                  self.server.name, rep.name, snap, name)  # fmt: skip
         self._reply(op, tag, seq, offset, length, _OK, json_payload(doc))
 
+    def op_destroy(
+        self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
+    ) -> None:
+        """Delete a closed volume from the pool, in a worker thread (a ZFS destroy may
+        take seconds; the other volumes' I/O goes on)."""
+        req = self._json(p)
+        name, force = req.get("name"), req.get("force", False)
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or not isinstance(force, bool):
+            raise Refused(Status.BAD_REQUEST, "DESTROY needs name (a volume) and force (boolean)")
+        replicas = self.server.replicas
+        rep = replicas.open.get(name)
+        if rep is not None:
+            if rep.refs > 0:
+                raise Refused(
+                    Status.CONFLICT,
+                    f"volume {name!r} is open on pool {self.server.name} "
+                    f"({rep.refs} connection(s)): stop its target first",
+                )
+            if rep.flushing:  # its last flush before closing: go on once closed
+                raise Busy(rep)
+            replicas._close(rep)
+        if name in replicas.destroying:
+            raise Refused(Status.CONFLICT, f"volume {name!r} is being deleted already")
+        replicas.destroying.add(name)
+        fut = asyncio.get_running_loop().run_in_executor(None, replicas.destroy, name, force)
+
+        def done(f: asyncio.Future[None]) -> None:
+            replicas.destroying.discard(name)
+            if self.transport is None:
+                return
+            err = None if f.cancelled() else f.exception()
+            if f.cancelled():
+                err = StoreError(f"deleting volume {name!r} was cancelled")
+            if err is None:
+                self._reply(op, tag, seq, offset, length, _OK, json_payload({"deleted": name}))
+            else:
+                self._failed(
+                    err if isinstance(err, Exception) else StoreError(str(err)),
+                    op, tag, seq, offset, length,
+                )  # fmt: skip
+            self._send()
+
+        fut.add_done_callback(done)
+
     def op_rollback(
         self, op: int, tag: int, seq: int, offset: int, length: int, p: memoryview
     ) -> None:
@@ -1018,6 +1062,7 @@ _HANDLERS: dict[int, Callable[..., None]] = {
     int(Op.SNAPSHOT_LIST): PoolProtocol.op_snapshot_list,
     int(Op.CLONE): PoolProtocol.op_clone,
     int(Op.ROLLBACK): PoolProtocol.op_rollback,
+    int(Op.DESTROY): PoolProtocol.op_destroy,
 }
 
 

@@ -78,6 +78,10 @@ class Op(IntEnum):
     #: make the open replica's contents those of snapshot ``{"snapshot"}``; ``seq`` is
     #: the rollback's number, carried by every block it rewrites
     ROLLBACK = 21
+    #: delete closed volume ``{"name"[, "force"]}`` and its snapshots from the pool (no
+    #: volume need be open on the connection); CONFLICT while it is open or clones
+    #: depend on it (unless ``force``: the layers the clones need stay)
+    DESTROY = 22
 
 
 class Status(IntEnum):
