@@ -228,6 +228,15 @@ def test_metrics_of_a_real_volume(nodes):
     for k in ("reads", "writes", "read_bytes", "write_bytes"):
         assert value(f"cairn_volume_{k}", volume="vol") >= st["stats"][k] > 0, k
     assert value("cairn_volume_write_bytes", volume="vol") >= (1 << 20) + (512 << 10) + (256 << 10)
+    # latency: the time reads and writes took in all, at most the test's own length
+    for k in ("read", "write"):
+        took = value(f"cairn_volume_{k}_time_seconds", volume="vol")
+        assert 0 < took >= st["stats"][f"{k}_time_us"] / 1e6 and took < 600, (k, took)
+    # used: what the pools say the replicas occupy (at least the bytes written here)
+    used = [value("cairn_replica_used_bytes", volume="vol", replica=f"{n}/p1")
+            for n in ("node-a", "node-b", "node-c")]  # fmt: skip
+    assert all(u >= 256 << 10 for u in used), used
+    assert value("cairn_volume_used_bytes", volume="vol") == max(used)
     for n in ("node-a", "node-b", "node-c"):
         assert value("cairn_replica_status", volume="vol", replica=f"{n}/p1", state="healthy") == 1
         assert value("cairn_replica_inflight", volume="vol", replica=f"{n}/p1") >= 0

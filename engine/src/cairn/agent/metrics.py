@@ -6,9 +6,12 @@ Volumes: ``cairn_volume_reads_total``, ``..._writes_total``, ``..._read_bytes_to
 ``..._write_bytes_total``, ``cairn_volume_size_bytes``, ``cairn_volume_status`` (one
 series per state, 1 for the current one), ``cairn_volume_up`` (the target answers),
 ``cairn_volume_replicas`` by state (healthy, degraded) and ``..._replicas_total``,
-``cairn_volume_writable``, ``cairn_volume_held_writes``, latency sums when the target
-reports them (``read_time_ns``/``write_time_ns`` in its stats).
+``cairn_volume_writable``, ``cairn_volume_held_writes``, the time reads and writes took
+in all (``cairn_volume_read_time_seconds_total``, ``..._write_...``: their rate over the
+rate of ``..._reads_total`` is the mean latency), ``cairn_volume_used_bytes`` (the largest
+replica's).
 Replicas: ``cairn_replica_status`` (per state), ``cairn_replica_inflight``,
+``cairn_replica_used_bytes`` (asked of the pool servers with INFO at each scrape),
 ``cairn_replica_rebuild_done_bytes``, ``..._total_bytes``, ``..._progress`` (0..1).
 Pools: ``cairn_pool_up``, ``cairn_pool_capacity_bytes``, ``..._used_bytes``,
 ``..._free_bytes``.  Children: ``cairn_child_restarts_total``.
@@ -27,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cairn.agent.client import ApiError, target_request
 from cairn.agent.ops import Agent, _tcp_open, pool_capacity
+from cairn.agent.pool_requests import allocated
 
 VOLUME_STATES = ("healthy", "degraded", "offline", "unknown")
 REPLICA_STATES = ("healthy", "degraded", "rebuilding", "offline", "connecting")
@@ -51,9 +55,14 @@ async def gather(agent: Agent) -> dict[str, Any]:
         host, _, port = agent.pool_address(pool).rpartition(":")
         return await _tcp_open(host.strip("[]"), int(port))
 
-    vs = await asyncio.gather(*(status(v) for v in vols.values()))
-    ps = await asyncio.gather(*(pool_up(p) for p in pools.values()))
+    addresses = [a for v in vols.values() for a in v.get("addresses", {}).values()]
+    vs, ps, used = await asyncio.gather(
+        asyncio.gather(*(status(v) for v in vols.values())),
+        asyncio.gather(*(pool_up(p) for p in pools.values())),
+        allocated(addresses, agent.config.secret_file),
+    )
     return {
+        "used": used,
         "volumes": dict(zip(vols, zip(vols.values(), vs, strict=True), strict=True)),
         "pools": dict(zip(pools, zip(pools.values(), ps, strict=True), strict=True)),
         "children": {n: c.info() for n, c in agent.supervisor.children.items()},
@@ -70,6 +79,9 @@ class Snapshot:
         v = ["volume"]
         up = GaugeMetricFamily("cairn_volume_up", "1 when the volume's target answers", labels=v)
         size = GaugeMetricFamily("cairn_volume_size_bytes", "size of the volume", labels=v)
+        vused = GaugeMetricFamily(
+            "cairn_volume_used_bytes", "pool space of the volume's largest replica", labels=v
+        )
         state = GaugeMetricFamily(
             "cairn_volume_status", "1 for the volume's current state", labels=["volume", "state"]
         )
@@ -97,6 +109,9 @@ class Snapshot:
             "cairn_replica_status", "1 for the replica's current state", labels=[*r, "state"]
         )
         inflight = GaugeMetricFamily("cairn_replica_inflight", "I/O in flight", labels=r)
+        rused = GaugeMetricFamily(
+            "cairn_replica_used_bytes", "pool space the replica occupies", labels=r
+        )
         rb_done = GaugeMetricFamily(
             "cairn_replica_rebuild_done_bytes", "bytes the running rebuild copied", labels=r
         )
@@ -106,8 +121,17 @@ class Snapshot:
         rb_prog = GaugeMetricFamily(
             "cairn_replica_rebuild_progress", "the running rebuild, 0 to 1", labels=r
         )
+        used_by_pool = self.data.get("used", {})
         for name, (vol, st) in sorted(self.data["volumes"].items()):
             up.add_metric([name], 1 if st else 0)
+            sizes = []
+            for rname, address in sorted(vol.get("addresses", {}).items()):
+                b = used_by_pool.get(address, {}).get(name)
+                if b is not None:
+                    rused.add_metric([name, rname], b)
+                    sizes.append(b)
+            if sizes:
+                vused.add_metric([name], max(sizes))
             size.add_metric([name], (st or vol)["size"])
             cur = st["state"] if st else "unknown"
             for s in VOLUME_STATES:
@@ -121,8 +145,8 @@ class Snapshot:
             for k in ("reads", "writes", "read_bytes", "write_bytes"):
                 counters[k].add_metric([name], stats.get(k, 0))
             for k in ("read", "write"):
-                if f"{k}_time_ns" in stats:
-                    counters[f"{k}_time_seconds"].add_metric([name], stats[f"{k}_time_ns"] / 1e9)
+                if f"{k}_time_us" in stats:
+                    counters[f"{k}_time_seconds"].add_metric([name], stats[f"{k}_time_us"] / 1e6)
             replicas = st.get("replicas", [])
             healthy = sum(1 for x in replicas if x.get("state") == "healthy")
             reps.add_metric([name, "healthy"], healthy)
@@ -142,8 +166,8 @@ class Snapshot:
                     if total:
                         rb_total.add_metric([name, rname], total)
                         rb_prog.add_metric([name, rname], min(done / total, 1.0))
-        yield from (up, size, state, writable, held, *counters.values(), reps, reps_total)
-        yield from (rstate, inflight, rb_done, rb_total, rb_prog)
+        yield from (up, size, vused, state, writable, held, *counters.values(), reps, reps_total)
+        yield from (rstate, inflight, rused, rb_done, rb_total, rb_prog)
 
         p = ["pool"]
         pup = GaugeMetricFamily("cairn_pool_up", "1 when the pool server answers", labels=p)

@@ -883,7 +883,17 @@ class PoolProtocol(asyncio.BufferedProtocol):
         rep = self.replica
         info: dict[str, Any]
         if rep is None:
-            info = {"pool": self.server.name, "volumes": self.server.volume_names()}
+            allocated = {}
+            for name, open_rep in self.server.replicas.open.items():
+                try:
+                    allocated[name] = open_rep.store.allocated_bytes()
+                except StoreError:
+                    continue  # closing, or its files are gone: left out
+            info = {
+                "pool": self.server.name,
+                "volumes": self.server.volume_names(),
+                "allocated": allocated,
+            }
         else:
             store = rep.store
             info = {
