@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 
 from cairn.iscsi.chap import ChapConfig, chap_response, load_chap_file
+from cairn.iscsi.connection import Connection
 from cairn.iscsi.pdu import LoginStatus, Op
+from cairn.iscsi.session import SessionTable
 from cairn.iscsi.targets import Acl
 from cairn.iscsi.text import TextError, decode_binary, parse_text
 
 from .iscsi_helpers import (
     INITIATOR,
     TARGET,
+    FakeBackend,
     chap_login,
     feed,
     login_pdu,
@@ -287,3 +290,13 @@ def test_chap_file(tmp_path):
     f.write_text("user=alice\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_chap_file(f)
+
+
+def test_a_fenced_target_refuses_new_sessions_until_the_fence_is_lifted():
+    conn, _ = make_connection()
+    conn.directory.fence(TARGET, "a rollback is in progress")
+    rsp = plain_login(conn)
+    assert rsp.login_status == LoginStatus.SERVICE_UNAVAILABLE
+    conn.directory.fence(TARGET.upper(), None)  # names compare without case
+    again = Connection(conn.directory, SessionTable(), lambda _s: FakeBackend(), "127.0.0.1")
+    assert plain_login(again).login_status == 0

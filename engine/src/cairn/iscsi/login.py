@@ -209,6 +209,9 @@ class LoginMachine:
                 LoginStatus.AUTHORIZATION_FAILURE,
                 f"initiator {name} from {self.peer_address} is not in the ACL",
             )
+        busy = self.directory.unavailable(spec.iqn)
+        if busy is not None:  # the initiator tries again later (RFC 7143 11.13.5)
+            raise LoginFailure(LoginStatus.SERVICE_UNAVAILABLE, f"{spec.iqn}: {busy}")
         out = [("TargetPortalGroupTag", str(spec.tpgt))]
         if spec.alias:
             out.append(("TargetAlias", spec.alias))

@@ -70,6 +70,10 @@ class TargetDirectory(Protocol):
 
     def targets(self) -> list[TargetSpec]: ...
 
+    def unavailable(self, iqn: str) -> str | None:
+        """Why a new session to ``iqn`` is refused for now (a rollback runs), or None."""
+        ...
+
     @property
     def discovery_chap(self) -> ChapConfig | None: ...
 
@@ -79,9 +83,21 @@ class StaticDirectory:
     portal: str
     specs: dict[str, TargetSpec]
     discovery_chap: ChapConfig | None = None
+    #: targets that refuse new sessions for now, with the reason (``fence``)
+    fenced: dict[str, str] = field(default_factory=dict)
 
     def lookup(self, iqn: str) -> TargetSpec | None:
         return self.specs.get(iqn.lower())
+
+    def unavailable(self, iqn: str) -> str | None:
+        return self.fenced.get(iqn.lower())
+
+    def fence(self, iqn: str, reason: str | None) -> None:
+        """Refuse new sessions to ``iqn`` with ``reason`` (None: admit them again)."""
+        if reason is None:
+            self.fenced.pop(iqn.lower(), None)
+        else:
+            self.fenced[iqn.lower()] = reason
 
     def targets(self) -> list[TargetSpec]:
         return list(self.specs.values())

@@ -46,6 +46,7 @@ async def start_status_server(
     connectors: list[Any],
     lun: Any = None,
     sessions: Callable[[], list[str]] | None = None,
+    fence: Callable[[str | None], None] | None = None,
 ) -> asyncio.Server:
     from cairn.replication.control import OperationError
     from cairn.target.operations import Operations, SnapshotBook
@@ -53,7 +54,7 @@ async def start_status_server(
 
     host, port = parse_address(listen)
     book = volume.book if volume.book is not None else SnapshotBook(Path("."), volume.name)
-    ops = Operations(volume, book, connectors, lun=lun, sessions=sessions)
+    ops = Operations(volume, book, connectors, lun=lun, sessions=sessions, fence=fence)
 
     async def route(method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:

@@ -124,8 +124,11 @@ class Operations:
         connectors: list[Any],
         lun: Any = None,
         sessions: Callable[[], list[str]] | None = None,
+        fence: Callable[[str | None], None] | None = None,
     ) -> None:
         self.volume = volume
+        #: ``fence(reason)`` refuses new logins with the reason; ``fence(None)`` ends it
+        self.fence = fence or (lambda _reason: None)
         self.book = book
         self.connectors = connectors
         self.lun = lun
@@ -302,20 +305,26 @@ class Operations:
         snap = self._name(body, "snapshot", "snapshot")
         async with self.lock:
             entry = self.book.get(snap)
-            logged_in = self.sessions()
-            if logged_in:
-                raise OperationError(
-                    409, "initiators are logged in: " + ", ".join(sorted(set(logged_in)))
-                )
-            await self._quorum()
-            op = Rollback(self.volume, snap, set(entry["replicas"]))
+            # no new login from here on (fenced first, so none slips in between the
+            # check and the rollback), none logged in now
+            self.fence(f"a rollback to snapshot {snap!r} is in progress")
             try:
-                result = await settle(op.pending, self.timeout)
-            except TimeoutError:
-                op.cancel("timed out")
-                raise OperationError(
-                    409, f"rollback to {snap!r}: the replicas did not answer"
-                ) from None
+                logged_in = self.sessions()
+                if logged_in:
+                    raise OperationError(
+                        409, "initiators are logged in: " + ", ".join(sorted(set(logged_in)))
+                    )
+                await self._quorum()
+                op = Rollback(self.volume, snap, set(entry["replicas"]))
+                try:
+                    result = await settle(op.pending, self.timeout)
+                except TimeoutError:
+                    op.cancel("timed out")
+                    raise OperationError(
+                        409, f"rollback to {snap!r}: the replicas did not answer"
+                    ) from None
+            finally:
+                self.fence(None)
         log.info("event=rollback volume=%s snapshot=%s seq=%d replicas=%s degraded=%s",
                  self.volume.name, snap, result["seq"], ",".join(result["replicas"]),
                  ",".join(result["degraded"]) or "-")  # fmt: skip

@@ -189,7 +189,12 @@ async def run(opts: ServeOptions) -> int:
             from cairn.target.api import start_status_server
 
             status_server = await start_status_server(
-                opts.status_listen, device, connectors, lun=lu, sessions=portal.logged_in
+                opts.status_listen,
+                device,
+                connectors,
+                lun=lu,
+                sessions=portal.logged_in,
+                fence=lambda reason: directory.fence(iqn, reason),
             )
     log.info(
         "event=serving volume=%s iqn=%s portal=%s:%d size=%d block_size=%d store=%s "
