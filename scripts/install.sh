@@ -11,6 +11,7 @@ APT_PACKAGES=(
   tgt                     # the peer target for benchmarks
   zfs-fuse                # ZFS in user space: zpool/zfs for the pool module and its tests
   fuse3 e2fsprogs util-linux kmod procps iproute2
+  openssl                 # certificates for the agent API's TLS tests
 )
 
 missing=()

@@ -53,6 +53,14 @@ def common() -> argparse.ArgumentParser:
         metavar="F",
         help="file holding the API's bearer token",
     )
+    g.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="with an https:// API: the certificate(s) to check the agent's against "
+        "(default: the system's)",
+    )
     g.add_argument("--json", action="store_true", help="print the API's JSON answer")
     return p
 
@@ -81,7 +89,10 @@ def client(args: argparse.Namespace) -> AgentClient:
         raise Refused(EXIT_UNREACHABLE, f"cannot read the token file: {e}") from None
     if not token or not all(0x21 <= ord(c) <= 0x7E for c in token):
         raise Refused(EXIT_UNREACHABLE, f"{args.token_file} does not hold one token (one line)")
-    return AgentClient(args.api, token)
+    ca = getattr(args, "ca_file", None)
+    if ca is not None and not ca.is_file():
+        raise Refused(EXIT_USAGE, f"--ca-file: no such file {ca}")
+    return AgentClient(args.api, token, ca_file=ca)
 
 
 def run(args: argparse.Namespace) -> int:
