@@ -333,3 +333,41 @@ def test_an_agent_killed_hard_leaves_no_second_server_on_restart(nodes):
     assert set(a.child_pids()).isdisjoint(old)
     nodes.wait_healthy(120)
     check_data(nodes)
+
+
+def test_a_snapshot_below_quorum_waits_then_fails_with_the_reason(nodes):
+    """Two of three pools down (their agents paused, so nobody restarts them): `cairn
+    snapshot create` waits its bounded time, then fails (exit 4) saying why; once the
+    pools are back the same command works."""
+    import subprocess
+    import time
+
+    from .conftest import find_cairn
+
+    def snapshot(*argv: str) -> subprocess.CompletedProcess[str]:
+        cmd = [find_cairn(), "snapshot", *argv, "--api", nodes.a.url,
+               "--token-file", str(nodes.a.token_file)]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    others = nodes.nodes[1:]
+    for n in others:
+        os.kill(n.proc.pid, signal.SIGSTOP)
+    try:
+        for n in others:
+            os.kill(n.child_pid("pool-p1"), signal.SIGKILL)
+        wait_for(lambda: not nodes.status()["writable"], 30, "the volume leaves quorum",
+                 nodes.report)  # fmt: skip
+        t0 = time.monotonic()
+        done = snapshot("create", "vol", "below")
+        waited = time.monotonic() - t0
+    finally:
+        for n in others:
+            os.kill(n.proc.pid, signal.SIGCONT)
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "not in quorum after 10 s" in done.stderr and "1 of 3 replicas healthy" in done.stderr
+    assert waited >= 9, waited  # it waited for quorum before giving up
+    nodes.wait_healthy(120)
+    done = snapshot("create", "vol", "below")
+    assert done.returncode == 0, done.stderr
+    assert snapshot("delete", "vol", "below", "--yes").returncode == 0
+    check_data(nodes)
