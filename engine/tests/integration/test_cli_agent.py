@@ -202,6 +202,12 @@ def test_volumes_snapshots_clones(cli: Cli) -> None:
     assert sorted(cli.json("pool", "show", "p1")["volumes"]) == ["c1", "vol"]
     # the pool holds replicas: deleting it is a conflict
     cli.run("pool", "delete", "p1", "--yes", expect=4)
+    # a replica of vol removed from a pool that holds the clone: its data goes, the
+    # clone keeps what it needs of vol@s1 there
+    done = cli.run("replica", "remove", "vol", "node-z/p1")
+    assert "warning" not in done.stderr, done.stderr
+    assert cli.json("pool", "show", "p1", node=2)["volumes"] == ["c1"]
+    qemu_io("read -P 33 0 64k", url=f"iscsi://{cportal}/iqn.2026-11.io.cairn:c1/0")
     # forced: vol goes, the clone keeps what it needs and still reads vol@s1's data
     assert "deleted volume vol" in cli.out("volume", "delete", "vol", "--yes", "--force")
     assert [v["name"] for v in cli.json("volume", "list")] == ["c1"]

@@ -525,9 +525,7 @@ class Agent:
             del new["volumes"][name]
             self.state.commit(new)
             shutil.rmtree(self.volume_dir(name), ignore_errors=True)
-            left = await destroy_replicas(
-                vol["addresses"], name, force or bool(clones), self.config.secret_file
-            )
+            left = await destroy_replicas(vol["addresses"], name, force, self.config.secret_file)
             return {"deleted": name, "replicas": vol["replicas"], "left": left}
 
     async def resize_volume(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -585,7 +583,8 @@ class Agent:
             del v["addresses"][replica]
             self.state.commit(new)
             self.supervisor.set_argv(f"volume-{name}", self._volume_argv(name, v))
-            left = await destroy_replicas({replica: address}, name, False, self.config.secret_file)
+            # forced: a clone on that pool keeps what it needs of the replica's snapshots
+            left = await destroy_replicas({replica: address}, name, True, self.config.secret_file)
             return {**self.volume_doc(name), "left": left}
 
     # -- snapshots, clones, rollback (the target owns the point in time) ---------------
