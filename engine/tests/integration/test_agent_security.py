@@ -74,7 +74,7 @@ def test_chap_and_acl_at_create_through_a_tls_peer(tls_nodes):
     done = cli(a, "volume", "create", "secure", "--size", "16M", "--portal", portal,
                "--replica", "node-t0/p1", "--replica", "node-t1/p1",
                "--chap-user", "alice", "--chap-secret-file", str(secret),
-               "--allow-initiator", ALLOWED)  # fmt: skip
+               "--allow-initiator", ALLOWED, "--block-size", "4096")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert SECRET not in done.stdout + done.stderr
     shown = cli(a, "volume", "show", "secure", "--json")
@@ -90,6 +90,12 @@ def test_chap_and_acl_at_create_through_a_tls_peer(tls_nodes):
                   "CHAP login of the allowed initiator", lambda: a.report())  # fmt: skip
     assert ok
     assert "Vendor" in inq(ALLOWED, f"alice%{SECRET}@").stdout
+    cap = subprocess.run(
+        ["iscsi-readcapacity16", "-i", ALLOWED, f"iscsi://alice%{SECRET}@{portal}/{iqn}/0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cap.returncode == 0 and "LOGICAL BLOCK LENGTH IN BYTES:4096" in cap.stdout, cap
+    assert "Total size:16777216" in cap.stdout.replace(" ", ""), cap.stdout
     assert inq(ALLOWED).returncode != 0  # no CHAP
     assert inq(ALLOWED, "alice%wrong-secret-1234@").returncode != 0  # wrong secret
     assert inq(OTHER, f"alice%{SECRET}@").returncode != 0  # not in the ACL
