@@ -188,7 +188,7 @@ def main():
         try:
             doc = client.request(method, path, body)
         except CairnApiError as e:
-            fail_api(module, e, what, **result)
+            fail_api(module, e, what, **dict(result, changed=False, replicas=before))
         if isinstance(doc, dict):
             left = doc.pop("left", None)
             if left:
