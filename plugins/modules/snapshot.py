@@ -125,6 +125,9 @@ def main():
     try:
         snaps = client.snapshots(volume)
     except CairnApiError as e:
+        if e.status == 404 and state == "absent":
+            # no volume, so no snapshot of it either: a teardown runs again cleanly
+            module.exit_json(changed=False, snapshot={})
         hint = ""
         if e.status == 404:
             hint = " (api_url must point at the node whose target serves it)"

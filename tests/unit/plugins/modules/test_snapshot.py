@@ -95,3 +95,8 @@ def test_errors(runner: Runner, agent: FakeAgent) -> None:
     assert "letters, digits" in r["msg"]
     r = runner.fail(snapshot.main, dict(ARGS, state="gone"))
     assert "state" in r["msg"]
+
+
+def test_absent_when_the_volume_is_gone(runner: Runner, agent: FakeAgent) -> None:
+    r = runner.run(snapshot.main, dict(ARGS, state="absent"))
+    assert not r["changed"] and agent.changes() == []
