@@ -105,12 +105,15 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.sink: memoryview | None = None
         self.sink_got = 0
         self.sink_bhs = b""
+        self.own = False  # reading the socket ourselves (``_read_myself``)
+        self.loop: asyncio.AbstractEventLoop
         self.conn: Connection
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave like one
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         try:
@@ -153,14 +156,16 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         if self.sink is not None:
             self.sink_got += nbytes
             if self.sink_got == len(self.sink):
-                sink, bhs = self.sink, self.sink_bhs
-                self.sink = None
-                if bhs[0] & 0x3F == 0x05:
-                    self.conn.data_out_received(bhs, sink)
-                else:
-                    self.conn.command_received(bhs, sink)
+                self._sink_done()
                 self.after_feed()
             return
+        self._received(nbytes)
+        self.after_feed()
+        if self.sink is not None and not self.own and not self.paused:
+            self._read_myself()
+
+    def _received(self, nbytes: int) -> None:
+        """``nbytes`` more at ``end`` of the receive buffer: feed the complete PDUs."""
         self.end += nbytes
         used = self.conn.feed(self.view[self.start : self.end])
         self.start += used
@@ -168,7 +173,15 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self.start = self.end = 0
         elif self.end - self.start >= 48:
             self._start_sink()
-        self.after_feed()
+
+    def _sink_done(self) -> None:
+        sink, bhs = self.sink, self.sink_bhs
+        assert sink is not None
+        self.sink = None
+        if bhs[0] & 0x3F == 0x05:
+            self.conn.data_out_received(bhs, sink)
+        else:
+            self.conn.command_received(bhs, sink)
 
     def _start_sink(self) -> None:
         """If what is left in the buffer is the start of a large Data-Out for a write in
@@ -195,6 +208,79 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.sink_got = have
         self.sink_bhs = bhs
 
+    # -- reading the socket ourselves while payloads are received in place -----------
+    # The transport receives into one buffer per system call.  While a large payload is
+    # received in place (``sink``), the connection reads its socket itself (its own
+    # descriptor, ``add_reader``) with ``readv``: the rest of the payload into its place
+    # and the next PDU's header into the receive buffer with one call, so that a Data-Out
+    # costs one receive instead of two.  Back to the transport when no Data-Out is
+    # awaited, on the end of the stream or an error (the transport reports them) and
+    # while the peer does not read (``HIGH_WATER``).
+
+    def _read_myself(self) -> None:
+        transport = self.transport
+        if transport is None or self.fd < 0 or self.conn.closing:
+            return
+        transport.pause_reading()
+        self.loop.add_reader(self.fd, self._readable)
+        self.own = True
+
+    def _read_by_transport(self) -> None:
+        self.own = False
+        self.loop.remove_reader(self.fd)
+        transport = self.transport
+        if not self.paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _readable(self) -> None:
+        fd, view, conn = self.fd, self.view, self.conn
+        for _ in range(32):  # then let the other connections have a turn
+            sink = self.sink
+            k = 0
+            try:
+                if sink is not None:  # (the receive buffer is empty meanwhile)
+                    rest = sink[self.sink_got :]
+                    k = len(rest)
+                    nxt = view[:48] if conn.awaiting_data_out else view
+                    want = k + len(nxt)
+                    n = os.readv(fd, (rest, nxt))
+                else:
+                    if len(self.buf) - self.end < RECV_RESERVE:
+                        self._compact()
+                    if self.end - self.start < 48 and conn.awaiting_data_out:
+                        dest = view[self.end : self.start + 48]
+                    else:
+                        dest = view[self.end :]
+                    want = len(dest)
+                    n = os.readv(fd, (dest,))
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.info("event=receive_failed peer=%s error=%r", conn.peer, e)
+                self._read_by_transport()
+                self.abort()
+                return
+            if n == 0:  # the end of the stream: the transport sees it too
+                self._read_by_transport()
+                return
+            if sink is None:
+                self._received(n)
+            elif n < k:
+                self.sink_got += n
+            else:
+                self.sink_got += k
+                self._sink_done()
+                if n > k:
+                    self._received(n - k)
+            self.after_feed()
+            if not self.own:
+                return
+            if conn.closing or (self.sink is None and not conn.awaiting_data_out):
+                self._read_by_transport()
+                return
+            if n < want:
+                return
+
     def eof_received(self) -> bool:
         return False
 
@@ -204,6 +290,9 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         self.pending.clear()
         if self.fd >= 0:
             loop = asyncio.get_event_loop()
+            if self.own:
+                self.own = False
+                loop.remove_reader(self.fd)
             if self.writing:
                 loop.remove_writer(self.fd)
             os.close(self.fd)
@@ -252,7 +341,10 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             self.transport.close()
         elif self.pending_bytes > HIGH_WATER and not self.paused and self.transport:
             self.paused = True
-            self.transport.pause_reading()
+            if self.own:
+                self._read_by_transport()  # which leaves it paused
+            else:
+                self.transport.pause_reading()
 
     def _start_flush(self) -> None:
         conn = self.conn
