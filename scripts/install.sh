@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what Cairn needs on a Debian 12 host (as root): the real iSCSI clients and peers
-# the tests use, and a virtual environment with the engine and its pinned dependencies.
+# the tests use, and a virtual environment with the engine, the Ansible control node
+# (requirements.txt) and their pinned dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +31,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -c engine/constraints.txt -e 'engine[test,dev]'
+.venv/bin/python -m pip install -q -c engine/constraints.txt -e 'engine[test,dev]' -r requirements.txt
 echo "cairn: installed ($(.venv/bin/cairn --version))"

@@ -4,10 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== lint (ruff, mypy)"
-ruff check engine bench
-ruff format --check engine bench
+ruff check engine bench plugins tests
+ruff format --check engine bench plugins tests
 mypy engine/src/cairn
 echo "== unit tests"
 python -m pytest engine/tests -m "not integration" -q -p no:cacheprovider
+echo "== collection unit tests (modules against an in-memory agent)"
+python -m pytest tests/unit -q -p no:cacheprovider
 echo "== integration tests (real clients: libiscsi, QEMU, ext4)"
 python -m pytest engine/tests -m integration -q -p no:cacheprovider -rs

@@ -218,7 +218,11 @@ def test_open_creates_then_reopens_and_survives_restart(pool_server):
         assert c.read(5 * MiB, 4096) == pattern(2, 4096)
         assert c.info()["volume"] == "vol-a"
     with srv.client() as c:  # without an open volume, INFO lists the pool
-        assert c.info() == {"pool": "p1", "volumes": ["vol-a"]}
+        pool = c.info()
+        assert {k: pool[k] for k in ("pool", "volumes")} == {"pool": "p1", "volumes": ["vol-a"]}
+        # the space of each replica the server holds open (vol-a stays open between clients)
+        assert set(pool["allocated"]) <= {"vol-a"}
+        assert all(v >= 64 * 1024 for v in pool["allocated"].values())
 
 
 def test_open_checks_and_grows(shared_server):
