@@ -13,6 +13,7 @@ APT_PACKAGES=(
   zfs-fuse                # ZFS in user space: zpool/zfs for the pool module and its tests
   fuse3 e2fsprogs util-linux kmod procps iproute2
   openssl                 # certificates for the agent API's TLS tests
+  open-iscsi              # iscsiadm/iscsid for the iscsi_initiator module and its tests
 )
 
 missing=()
