@@ -34,3 +34,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -c engine/constraints.txt -e 'engine[test,dev]' -r requirements.txt
 echo "cairn: installed ($(.venv/bin/cairn --version))"
+
+# ansible-playbook finds the collection cairn.storage (this repository) through ansible.cfg's
+# collections_path: .collections/ansible_collections/cairn/storage -> the repository
+mkdir -p .collections/ansible_collections/cairn
+ln -sfn ../../.. .collections/ansible_collections/cairn/storage
