@@ -11,6 +11,7 @@ from cairn.cli import agent_snapshots, agent_volumes, agentcmds
 from cairn.cli import node as node_cli
 from cairn.cli import up as up_cli
 from cairn.cli import volume as volume_cli
+from cairn.cli import zpool as zpool_cli
 from cairn.pool import cli as pool_cli
 from cairn.units import parse_size
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     volume_cli.add_parser(sub)
     node_cli.add_parser(sub)
     up_cli.add_parser(sub)
+    zpool_cli.add_parser(sub)
     agent_volumes.add_replica_group(sub)
     agent_snapshots.add_groups(sub)
     return parser
