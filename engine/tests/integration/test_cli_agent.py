@@ -111,6 +111,13 @@ def test_pools(cli: Cli) -> None:
     assert [p["name"] for p in cli.json("pool", "list")] == ["p1"]
 
 
+def readcapacity16(url: str) -> int:
+    done = subprocess.run(["iscsi-readcapacity16", "-s", url], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
 def test_volumes_snapshots_clones(cli: Cli) -> None:
     portal = f"127.0.0.1:{free_port()}"
     out = cli.out("volume", "create", "vol", "--size", "16M", "--portal", portal,
@@ -162,9 +169,22 @@ def test_volumes_snapshots_clones(cli: Cli) -> None:
     assert cli.json("pool", "show", "p1", node=1)["volumes"] == []
     assert "volumes" in cli.out("pool", "show", "p1", node=1)
 
-    # grow; shrink refused
+    # grow while QEMU's iSCSI driver (libiscsi) is logged in: it is told by a Unit Attention,
+    # CAPACITY DATA HAS CHANGED, and iscsi-readcapacity16 reads the new size
+    assert readcapacity16(url) == 16 << 20
+    pipe = subprocess.PIPE
+    connected = subprocess.Popen(["qemu-io", "-f", "raw", url], stdin=pipe, stdout=pipe,
+                                 stderr=pipe, text=True)  # fmt: skip
+    assert connected.stdin is not None and connected.stdout is not None
+    connected.stdin.write("read -P 33 0 4k\n")
+    connected.stdin.flush()
+    assert "read 4096/4096 bytes" in connected.stdout.readline()  # logged in, read done
     assert "now 24.0 MiB" in cli.out("volume", "grow", "vol", "--size", "24M")
     assert cli.json("volume", "show", "vol")["size"] == 24 << 20
+    out, err = connected.communicate("read -P 33 0 4k\nquit\n", timeout=60)
+    assert out.count("read 4096/4096 bytes") == 1 and "Pattern verification failed" not in out
+    assert "UNIT_ATTENTION" in err and "CAPACITY_DATA_HAS_CHANGED" in err, err
+    assert readcapacity16(url) == 24 << 20
     cli.run("volume", "grow", "vol", "--size", "16M", expect=2)
 
     # snapshots
