@@ -20,7 +20,7 @@ description:
     C(snapshots_error) saying why.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   volumes:
     description: Only these volumes (all when not given). An unknown name is a failure.

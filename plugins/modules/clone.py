@@ -21,7 +21,7 @@ description:
   - O(api_url) points at the agent of the node whose target serves O(volume).
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   name:
     description: The clone's name, a new volume.

@@ -20,7 +20,7 @@ description:
     zpool or listen address than requested, the module fails and says so.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   name:
     description: The pool's name (letters, digits, C(.), C(_) or C(-), at most 63 characters).

@@ -20,7 +20,7 @@ description:
   - O(api_url) points at the agent of the node whose target serves the volume.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   volume:
     description: The volume's name.
@@ -188,7 +188,9 @@ def main():
         try:
             doc = client.request(method, path, body)
         except CairnApiError as e:
-            fail_api(module, e, what, **dict(result, changed=False, replicas=before))
+            failed = dict(result)
+            failed.update(changed=False, replicas=before)
+            fail_api(module, e, what, **failed)
         if isinstance(doc, dict):
             left = doc.pop("left", None)
             if left:

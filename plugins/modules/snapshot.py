@@ -21,7 +21,7 @@ description:
   - O(api_url) points at the agent of the node whose target serves the volume.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   volume:
     description: The volume's name.

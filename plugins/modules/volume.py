@@ -24,7 +24,7 @@ description:
     O(confirm_destroy=true).
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   name:
     description: The volume's name (letters, digits, C(.), C(_) or C(-), at most 63 characters).
