@@ -305,6 +305,7 @@ class Initiator(object):
         self.result = {"iscsid_restarted": False, "restart_pending": False}
         self.iscsiadm = module.get_bin_path("iscsiadm", required=True)
         self.db_dir = self.p["iscsi_db_dir"] or default_db_dir()
+        self.iface_missing = False
 
     # ---- helpers -------------------------------------------------------------------
     def run(self, argv, what, ok_rcs=(0,), data=None):
@@ -448,12 +449,19 @@ class Initiator(object):
             if settings:
                 self.module.fail_json(msg="iface_settings need an iface other than default")
             return
-        rc, out, err = self.run(
-            [self.iscsiadm, "-m", "iface", "-I", name],
-            "reading iface %s" % name,
-            ok_rcs=(0, ERR_NO_OBJS_FOUND),
-        )
-        current = parse_record(out) if rc == 0 else {}
+        # "iscsiadm -m iface -I NAME" of a missing iface fails like a broken database
+        # (exit 6), so look at the list first: "NAME transport,hwaddress,ip,net,initiator"
+        _, listing, _ = self.run([self.iscsiadm, "-m", "iface"], "listing ifaces")
+        exists = name in [line.split()[0] for line in listing.splitlines() if line.strip()]
+        current = {}
+        if exists:
+            _, out, _ = self.run(
+                [self.iscsiadm, "-m", "iface", "-I", name], "reading iface %s" % name
+            )
+            current = parse_record(out)
+        rc = 0 if exists else ERR_NO_OBJS_FOUND
+        # in check mode a missing iface stays missing: no record can name it yet
+        self.iface_missing = not exists and self.check
         before = masked(current)
         if rc != 0:
             self.changed = True
@@ -558,6 +566,8 @@ class Initiator(object):
         return sorted((n["target"], n["portal"], n["tpgt"]) for n in parse_node_list(out))
 
     def read_node(self):
+        if self.iface_missing:
+            return None
         rc, out, _ = self.run(
             self.node_argv(),
             "reading the node record of %s at %s" % (self.p["target"], self.portal),

@@ -94,7 +94,7 @@ class FakeIscsiadm:
                 continue
             if a[:2] == ["-m", "node"] and len(a) in (2, 8):
                 continue  # list, or show one record
-            if a[:2] == ["-m", "iface"] and len(a) == 4:
+            if a[:2] == ["-m", "iface"] and len(a) in (2, 4):
                 continue
             if "status" in a or "is-active" in a:
                 continue
@@ -131,11 +131,14 @@ class FakeIscsiadm:
                     "\t\tiSCSI Session State: LOGGED_IN\n"
                 )
             return 0, text, ""
+        if mode == "iface" and "-I" not in opts:
+            names = ["default", "iser", *self.ifaces]
+            return 0, "".join(f"{n} tcp,<empty>,<empty>,<empty>,<empty>\n" for n in names), ""
         if mode == "iface":
             name = opts["-I"]
             if "-o" not in opts:
                 if name not in self.ifaces:
-                    return 21, "", f"iscsiadm: Could not read iface {name} (21)\n"
+                    return 6, "", f"iSCSI ERROR: Failed to open /etc/iscsi/ifaces/{name}\n"
                 rec = dict(
                     {"iface.iscsi_ifacename": name, "iface.transport_name": "tcp"},
                     **self.ifaces[name],
