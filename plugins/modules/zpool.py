@@ -436,7 +436,9 @@ def main():
         pool = first if first.get("imported") else {}
         after_view = final
     else:
-        final = cairn.call("status") if cairn.changed else first
+        final = first
+        if cairn.changed:  # the last step's document holds the pool as it is now
+            final = cairn.steps[-1].get("pool") or {"name": name, "imported": False}
         pool = final if final.get("imported") else {}
         after_view = diff_view(final, keys)
     result = dict(

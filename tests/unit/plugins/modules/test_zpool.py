@@ -87,6 +87,7 @@ class FakeCairn:
             "commands": [["zpool", action, "tank"]] if changed else [],
             "before": view(before, *keys),
             "after": view(after, *keys),
+            "pool": after,
         }
         return 0, json.dumps(doc), ""
 
@@ -198,7 +199,7 @@ def test_create_then_nothing_to_do(cairn_bin: str) -> None:
         "/srv/tank",
         "--json",
     ]
-    assert fake.actions() == ["status", "create", "status"]
+    assert fake.actions() == ["status", "create"]
     assert r["pool"]["health"] == "ONLINE" and r["pool"]["properties"]["autoreplace"] == "on"
     assert r["diff"]["before"] == {"imported": False}
     assert r["diff"]["after"] == {
@@ -296,7 +297,7 @@ def test_absent_needs_confirm_destroy(cairn_bin: str) -> None:
     assert r["changed"] and fake.pool is not None
     r = run(fake, cairn_bin, {"state": "absent", "confirm_destroy": True, "force": True})
     assert r["changed"] and fake.pool is None and r["pool"] == {}
-    assert fake.calls[-2][2:] == ["destroy", "tank", "--confirm", "tank", "--force", "--json"]
+    assert fake.calls[-1][2:] == ["destroy", "tank", "--confirm", "tank", "--force", "--json"]
     assert r["diff"]["after"] == {"imported": False}
     fake.calls.clear()
     r = run(fake, cairn_bin, {"state": "absent"})  # nothing to destroy: no flag needed
