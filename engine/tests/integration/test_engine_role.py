@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / "tests" / "integration" / "playbooks" / "engine_role.yml"
+ROLLING_UPGRADE = REPO / "playbooks" / "rolling_upgrade.yml"
 ADDRESS = "127.0.0.100"  # the agent, its pool and its portal
 VERSION = re.search(r'(?m)^version = "([^"]+)"', (REPO / "engine/pyproject.toml").read_text())
 NEXT = "0.1.1.dev1"
@@ -71,8 +72,9 @@ class Host:
         }
         self.runs = 0
 
-    def play(self, **extra: Any) -> tuple[dict[str, int], str]:
-        """Run the playbook; the PLAY RECAP's counts for localhost and the output."""
+    def play(self, playbook: Path = PLAYBOOK, **extra: Any) -> tuple[dict[str, int], str]:
+        """Run ``playbook``; the PLAY RECAP's counts for localhost and the output.  The
+        inventory puts localhost in cairn_storage and cairn_targets."""
         self.runs += 1
         vars_file = self.root / f"vars-{self.runs}.json"
         vars_file.write_text(json.dumps(dict(self.vars, **extra)))
@@ -85,8 +87,11 @@ class Host:
             ANSIBLE_RETRY_FILES_ENABLED="0",
             ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         )
-        argv = [ansible_playbook(), "-i", "localhost,", "-c", "local", "-e", f"@{vars_file}",
-                str(PLAYBOOK)]  # fmt: skip
+        inventory = self.root / "inventory.ini"
+        inventory.write_text(
+            "[cairn_storage]\nlocalhost ansible_connection=local\n[cairn_targets]\nlocalhost\n"
+        )
+        argv = [ansible_playbook(), "-i", str(inventory), "-e", f"@{vars_file}", str(playbook)]
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         out = done.stdout + done.stderr
         assert done.returncode == 0, (
@@ -233,13 +238,20 @@ def test_install_idempotent_upgrade_stop(host: Host) -> None:
     url = f"iscsi://{vol['portal']}/{vol['iqn']}/0"
     qemu_io("write -P 0xa7 0 1M", "write -P 0x3c 8M 512k", url=url)
 
-    # upgrade: the wheels of a copy of engine/ at NEXT, given as cairn_engine_wheelhouse
+    # upgrade with playbooks/rolling_upgrade.yml: the wheels of a copy of engine/ at NEXT,
+    # given as cairn_engine_wheelhouse; it waits for the volume before and after
     t2 = time.monotonic()
     wheels = build_next_wheelhouse(host.root)
     print(f"next wheelhouse: {time.monotonic() - t2:.1f} s")
     t3 = time.monotonic()
-    recap, out = host.play(cairn_engine_version=NEXT, cairn_engine_wheelhouse=str(wheels))
+    recap, out = host.play(
+        ROLLING_UPGRADE,
+        cairn_engine_version=NEXT,
+        cairn_engine_wheelhouse=str(wheels),
+        cairn_upgrade_poll_interval=1,
+    )
     assert recap["failed"] == 0 and recap["changed"] >= 2, (recap, out)
+    assert "Every volume on every target host healthy again after localhost" in out
     assert host.version() == f"cairn {NEXT}"
     new_pid = host.pid()
     assert new_pid != pid and not pid_alive(pid) and pid_alive(new_pid)
