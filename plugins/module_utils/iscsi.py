@@ -60,7 +60,7 @@ def normalize_portal(portal):
 
 def portal_parts(portal):
     """``HOST:PORT`` -> (``HOST`` without brackets, ``PORT``)."""
-    host, _, port = portal.rpartition(":")
+    host, dummy, port = portal.rpartition(":")
     return host.strip("[]"), port
 
 

@@ -25,7 +25,7 @@ description:
   - Each part runs only when its options are given; they run in the order above.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   initiator_name:
     description:
@@ -397,7 +397,7 @@ class Initiator(object):
         name = self.p["iscsid_service"]
         if how == "systemd":
             ctl = self.module.get_bin_path("systemctl", required=True)
-            rc, _, _ = self.module.run_command([ctl, "is-active", "--quiet", name])
+            rc, dummy, dummy = self.module.run_command([ctl, "is-active", "--quiet", name])
             if rc != 0:
                 return  # not running: it reads the new name when it starts
             self.result["iscsid_restarted"] = True
@@ -405,7 +405,7 @@ class Initiator(object):
                 self.run([ctl, "restart", name], "restarting iscsid")
         elif how == "service":
             svc = self.module.get_bin_path("service", required=True)
-            rc, _, _ = self.module.run_command([svc, name, "status"])
+            rc, dummy, dummy = self.module.run_command([svc, name, "status"])
             if rc != 0:
                 return
             self.result["iscsid_restarted"] = True
@@ -451,11 +451,11 @@ class Initiator(object):
             return
         # "iscsiadm -m iface -I NAME" of a missing iface fails like a broken database
         # (exit 6), so look at the list first: "NAME transport,hwaddress,ip,net,initiator"
-        _, listing, _ = self.run([self.iscsiadm, "-m", "iface"], "listing ifaces")
+        dummy, listing, dummy = self.run([self.iscsiadm, "-m", "iface"], "listing ifaces")
         exists = name in [line.split()[0] for line in listing.splitlines() if line.strip()]
         current = {}
         if exists:
-            _, out, _ = self.run(
+            dummy, out, dummy = self.run(
                 [self.iscsiadm, "-m", "iface", "-I", name], "reading iface %s" % name
             )
             current = parse_record(out)
@@ -539,7 +539,7 @@ class Initiator(object):
         if self.check:
             return  # discovery writes node records: nothing in check mode
         known = self.node_keys()
-        _, out, _ = self.run(
+        dummy, out, dummy = self.run(
             base + ["--discover", "-o", "new"], "SendTargets discovery on %s" % self.portal
         )
         found = parse_node_list(out)
@@ -560,7 +560,7 @@ class Initiator(object):
             )
 
     def node_keys(self):
-        rc, out, _ = self.run(
+        rc, out, dummy = self.run(
             [self.iscsiadm, "-m", "node"], "listing node records", ok_rcs=(0, ERR_NO_OBJS_FOUND)
         )
         return sorted((n["target"], n["portal"], n["tpgt"]) for n in parse_node_list(out))
@@ -568,7 +568,7 @@ class Initiator(object):
     def read_node(self):
         if self.iface_missing:
             return None
-        rc, out, _ = self.run(
+        rc, out, dummy = self.run(
             self.node_argv(),
             "reading the node record of %s at %s" % (self.p["target"], self.portal),
             ok_rcs=(0, ERR_NO_OBJS_FOUND),

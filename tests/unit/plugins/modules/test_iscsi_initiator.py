@@ -71,7 +71,7 @@ class FakeIscsiadm:
     def nodes(self) -> list[tuple[str, str, str]]:
         out = []
         for f in sorted((self.db / "nodes").glob("*/*/*")):
-            host, port, _ = f.parent.name.split(",")
+            host, port, dummy = f.parent.name.split(",")
             out.append((f.parent.parent.name, f"{host}:{port}", f.name))
         return out
 
@@ -174,7 +174,7 @@ class FakeIscsiadm:
                 nodes = self.nodes()
                 if not nodes:
                     return 21, "", "iscsiadm: No records found\n"
-                return 0, "".join(f"{p},1 {t}\n" for t, p, _ in nodes), ""
+                return 0, "".join(f"{p},1 {t}\n" for t, p, dummy in nodes), ""
             key = (opts["-T"], opts["-p"], opts["-I"])
             path = self.node_path(*key)
             op = opts.get("-o")
