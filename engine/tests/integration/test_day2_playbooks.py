@@ -1,0 +1,296 @@
+"""The day-2 playbooks (playbooks/snapshot.yml, clone.yml, resize.yml, replica.yml,
+drain.yml) through ``ansible-playbook`` against four real node agents (node-a..node-d on
+127.0.0.130-133, one pool each) with an inventory of four hosts in cairn_storage and
+cairn_targets, the way an operator runs them: ``-e name=value`` only.  Each result is
+checked with the engine's CLI (``cairn volume show --json``, ``cairn snapshot list
+--json``) and with real iSCSI clients from libiscsi (qemu-io, iscsi-readcapacity16).
+Each destructive playbook must refuse without its confirm variable."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .agent_node import AgentNode, wait_for
+from .conftest import find_cairn, free_port
+from .test_agent import qemu_io
+from .test_ansible_modules import ansible_playbook
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[3]
+PLAYBOOKS = REPO / "playbooks"
+MiB = 1 << 20
+ADDRESSES = [f"127.0.0.{130 + i}" for i in range(4)]  # this test's loopback addresses
+
+
+class Lab:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nodes = [AgentNode(root, f"node-{c}", ADDRESSES[i]) for i, c in enumerate("abcd")]
+        for n in self.nodes:
+            n.peers = {m.name: m.url for m in self.nodes if m is not n}
+        self.by_name = {n.name: n for n in self.nodes}
+        self.collections = root / "collections"
+        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
+        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        hosts = {
+            n.name: {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+                "cairn_api_url": n.url,
+                "cairn_token_file": str(n.token_file),
+            }
+            for n in self.nodes
+        }
+        self.inventory = root / "inventory.json"
+        self.portal = f"{ADDRESSES[0]}:{free_port(ADDRESSES[0])}"
+        # vol1 is declared with its target_host (the plays ask node-a only); its clone is
+        # not, so the plays find it by asking every agent of cairn_targets
+        volumes = [
+            {
+                "name": "vol1",
+                "size": "16M",
+                "replicas": ["node-a/p1", "node-b/p1", "node-c/p1"],
+                "target_host": "node-a",
+                "portal": self.portal,
+            }
+        ]
+        self.inventory.write_text(
+            json.dumps(
+                {
+                    "all": {
+                        "vars": {"cairn_volumes": volumes},
+                        "children": {
+                            "cairn_storage": {"hosts": hosts},
+                            "cairn_targets": {"hosts": {h: {} for h in hosts}},
+                        },
+                    }
+                }
+            )
+        )
+        self.runs = 0
+
+    @property
+    def a(self) -> AgentNode:
+        return self.nodes[0]
+
+    def play(self, playbook: str, *extra: str, rc: int = 0) -> tuple[dict[str, int], str]:
+        """Run ``playbooks/PLAYBOOK`` with ``-e`` for each of ``extra``; the PLAY RECAP's
+        counts for localhost and the whole output.  ``rc`` is the exit code expected."""
+        self.runs += 1
+        env = dict(
+            os.environ,
+            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
+            ANSIBLE_HOME=str(self.root / "ansible-home"),
+            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+            ANSIBLE_LOCALHOST_WARNING="0",
+            ANSIBLE_PIPELINING="1",
+        )
+        argv = [ansible_playbook(), "-i", str(self.inventory), str(PLAYBOOKS / playbook)]
+        for e in extra:
+            argv += ["-e", e]
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        out = done.stdout + done.stderr
+        took = time.monotonic() - started
+        (self.root / f"run-{self.runs}-{playbook}.log").write_text(f"{argv}\n{took:.1f} s\n{out}")
+        if rc == 0:
+            assert done.returncode == 0, f"{playbook} {extra}: exit {done.returncode}\n{out}"
+        else:
+            assert done.returncode == rc, f"{playbook} {extra}: exit {done.returncode}\n{out}"
+        m = re.search(r"^localhost\s*:\s*(.*)$", done.stdout, re.MULTILINE)
+        assert m, out
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}, out
+
+    def cli(self, *args: str, node: AgentNode | None = None) -> Any:
+        """``cairn ARGS --json`` against ``node``'s agent (node-a by default), parsed."""
+        n = node or self.a
+        argv = [find_cairn(), *args, "--json", "--api", n.url, "--token-file", str(n.token_file)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+        return json.loads(done.stdout)
+
+    def url(self, volume: str) -> str:
+        doc = self.cli("volume", "show", volume)
+        return f"iscsi://{doc['portal']}/{doc['iqn']}/0"
+
+    def report(self) -> str:
+        return "\n".join(n.report() for n in self.nodes)
+
+
+def healthy(doc: dict[str, Any], count: int) -> bool:
+    st = doc.get("status") or {}
+    reps = st.get("replicas") or []
+    return (
+        st.get("state") == "healthy"
+        and len(reps) == count
+        and all(r["state"] == "healthy" for r in reps)
+    )
+
+
+def readcapacity(url: str) -> int:
+    """The volume's size in bytes as iscsi-readcapacity16 (libiscsi) reports it."""
+    done = subprocess.run(["iscsi-readcapacity16", url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    m = re.search(r"^Total size:\s*(\d+)", done.stdout, re.MULTILINE)
+    assert m, done.stdout
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    for tool in ("qemu-io", "iscsi-readcapacity16"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed (scripts/install.sh installs it)")
+    lab = Lab(tmp_path_factory.mktemp("day2"))
+    try:
+        for n in lab.nodes:
+            n.start()
+        for n in lab.nodes:
+            n.call(
+                "POST", "/v1/pools", {"name": "p1", "listen": f"{n.address}:{free_port(n.address)}"}
+            )
+        lab.a.call(
+            "POST",
+            "/v1/volumes",
+            {
+                "name": "vol1",
+                "size": "16M",
+                "replicas": ["node-a/p1", "node-b/p1", "node-c/p1"],
+                "portal": lab.portal,
+            },
+        )
+        wait_for(
+            lambda: healthy(lab.a.call("GET", "/v1/volumes/vol1"), 3), 30, "vol1 healthy",
+            lab.report,
+        )  # fmt: skip
+        qemu_io("write -P 0x5a 0 1M", url=lab.url("vol1"))
+        yield lab
+    finally:
+        for n in lab.nodes:
+            n.cleanup()
+
+
+def refused(out: str, text: str) -> None:
+    assert text in out, out
+
+
+def test_snapshot(lab: Lab) -> None:
+    recap, out = lab.play("snapshot.yml", "volume=vol1", "snapshot=s1")
+    assert recap["failed"] == 0 and recap["changed"] == 1, out
+    snaps = lab.cli("snapshot", "list", "vol1")
+    assert [s["name"] for s in snaps["snapshots"]] == ["s1"], snaps
+    assert "snapshot s1 taken" in out, out
+    # the very same run again changes nothing
+    recap, out = lab.play("snapshot.yml", "volume=vol1", "snapshot=s1")
+    assert recap["failed"] == 0 and recap["changed"] == 0, out
+    assert "snapshot s1 is already present" in out, out
+    # written after the snapshot: the clone below must not see it
+    qemu_io("write -P 0x66 0 512k", url=lab.url("vol1"))
+    # destructive without the confirm variables: refused, before any agent is asked
+    recap, out = lab.play("snapshot.yml", "volume=vol1", "snapshot=s1", "state=absent", rc=2)
+    refused(out, "state=absent deletes snapshot s1 of volume vol1: pass -e confirm_delete=true")
+    recap, out = lab.play(
+        "snapshot.yml", "volume=vol1", "snapshot=s1", "snapshot_rollback=true", rc=2
+    )
+    refused(out, "pass -e confirm_rollback=true to do it")
+    assert [s["name"] for s in lab.cli("snapshot", "list", "vol1")["snapshots"]] == ["s1"]
+
+
+def test_clone(lab: Lab) -> None:
+    portal = f"{ADDRESSES[0]}:{free_port(ADDRESSES[0])}"
+    args = ("volume=vol1", "snapshot=s1", "clone=vol1-c", f"portal={portal}")
+    recap, out = lab.play("clone.yml", *args)
+    assert recap["failed"] == 0 and recap["changed"] == 1, out
+    clone = lab.cli("volume", "show", "vol1-c")
+    assert clone["origin"] == {"volume": "vol1", "snapshot": "s1"}, clone
+    assert clone["portal"] == portal and sorted(clone["replicas"]) == [
+        "node-a/p1", "node-b/p1", "node-c/p1",
+    ], clone  # fmt: skip
+    url = lab.url("vol1-c")
+    assert url in out, out
+    # the data written before the snapshot is in the clone, not what came after
+    qemu_io("read -P 0x5a 0 1M", "read -P 0 1M 1M", url=url)
+    qemu_io("read -P 0x66 0 512k", "read -P 0x5a 512k 512k", url=lab.url("vol1"))
+    recap, out = lab.play("clone.yml", *args)
+    assert recap["failed"] == 0 and recap["changed"] == 0, out
+    recap, out = lab.play("clone.yml", "clone=vol1-c", "state=absent", rc=2)
+    refused(out, "state=absent deletes clone vol1-c and its data: pass -e confirm_delete=true")
+    recap, out = lab.play("clone.yml", "volume=vol1", "snapshot=nope", "clone=x", rc=2)
+    refused(out, "volume vol1 has no snapshot nope (it has: s1)")
+    assert lab.cli("volume", "show", "vol1-c")["name"] == "vol1-c"
+
+
+def test_resize(lab: Lab) -> None:
+    url = lab.url("vol1")
+    assert readcapacity(url) == 16 * MiB
+    recap, out = lab.play("resize.yml", "volume=vol1", "size=32M")
+    assert recap["failed"] == 0 and recap["changed"] == 1, out
+    assert "before 16777216 bytes" in out and "after 33554432 bytes" in out, out
+    doc = lab.cli("volume", "show", "vol1")
+    assert doc["size"] == 32 * MiB and healthy(doc, 3), doc
+    assert readcapacity(url) == 32 * MiB  # what an initiator sees
+    qemu_io("write -P 0x77 31M 1M", "read -P 0x66 0 512k", url=url)
+    recap, out = lab.play("resize.yml", "volume=vol1", "size=32M")
+    assert recap["failed"] == 0 and recap["changed"] == 0, out
+    recap, out = lab.play("resize.yml", "volume=vol1", "size=8M", rc=2)
+    refused(out, "would shrink it, and a volume never shrinks")
+    assert lab.cli("volume", "show", "vol1")["size"] == 32 * MiB
+
+
+def test_replica_move(lab: Lab) -> None:
+    recap, out = lab.play("replica.yml", "volume=vol1-c", "remove=node-b/p1", rc=2)
+    refused(
+        out, "remove=node-b/p1 deletes that replica's data from its pool: pass -e confirm_remove"
+    )
+    assert sorted(lab.cli("volume", "show", "vol1-c")["replicas"]) == [
+        "node-a/p1", "node-b/p1", "node-c/p1",
+    ]  # fmt: skip
+    # a move in one run: the clone's node-b/p1 to node-d/p1 (added, rebuilt, then the old
+    # one removed); the clone is found by asking every agent
+    move = ("volume=vol1-c", "add=node-d/p1", "remove=node-b/p1", "confirm_remove=true")
+    recap, out = lab.play("replica.yml", *move)
+    assert recap["failed"] == 0 and recap["changed"] == 2, out  # add, remove
+    doc = lab.cli("volume", "show", "vol1-c")
+    assert sorted(doc["replicas"]) == ["node-a/p1", "node-c/p1", "node-d/p1"], doc
+    assert healthy(doc, 3), doc
+    assert "node-d/p1 added and rebuilt; node-b/p1 removed" in out, out
+    qemu_io("read -P 0x5a 0 1M", "read -P 0 1M 1M", url=lab.url("vol1-c"))
+
+
+def test_drain(lab: Lab) -> None:
+    recap, out = lab.play("drain.yml", "drain_host=node-c", rc=2)
+    refused(out, "pass -e confirm_drain=true to do it")
+    recap, out = lab.play("drain.yml", "drain_host=node-x", "confirm_drain=true", rc=2)
+    refused(out, "drain_host=node-x is not a host of the inventory group cairn_storage")
+    c = lab.by_name["node-c"]
+    assert [p["name"] for p in lab.cli("pool", "list", node=c)] == ["p1"]
+
+    recap, out = lab.play("drain.yml", "drain_host=node-c", "confirm_drain=true")
+    assert recap["failed"] == 0, out
+    # vol1 (a, b, c) goes to node-d; its clone (a, c, d since the move) to node-b, the
+    # only storage host without a replica of it
+    for name, to in (("vol1", "node-d/p1"), ("vol1-c", "node-b/p1")):
+        doc = lab.cli("volume", "show", name)
+        assert sorted(doc["replicas"]) == sorted(["node-a/p1", "node-b/p1", "node-d/p1"]), doc
+        assert healthy(doc, 3), doc
+        assert f"{name}: node-c/p1 -> {to}" in out, out
+    assert lab.cli("pool", "list", node=c) == []
+    # the data is intact, through the target, from the replicas it has now
+    qemu_io("read -P 0x66 0 512k", "read -P 0x5a 512k 512k", "read -P 0x77 31M 1M",
+            url=lab.url("vol1"))  # fmt: skip
+    qemu_io("read -P 0x5a 0 1M", url=lab.url("vol1-c"))
