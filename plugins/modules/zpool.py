@@ -240,6 +240,11 @@ class Cairn(object):
             return doc
         if rc != 0 or not isinstance(doc, dict):
             error = doc.get("error") if isinstance(doc, dict) else None
+            if action == "add" and error and "already in pool" in error:
+                error += (
+                    ". Was a disk replaced? Declare the pool's devices as they are now "
+                    "(vdevs or groups)"
+                )
             self.module.fail_json(
                 msg="cairn zpool %s %s: %s (exit %s, %s)"
                 % (

@@ -331,6 +331,10 @@ def test_engine_refusals_become_failures(cairn_bin: str) -> None:
     assert "exit 4, refused: it would lose data" in r["msg"] and r["rc"] == 4
     fake.failures["create"] = (2, "pool 'tank' exists and does not match the request")
     assert "bad input" in run(fake, cairn_bin, MIRROR)["msg"]
+    fake.pool = pool_doc([[C, B]])
+    fake.failures["add"] = (4, "/dev/sdc: already in pool 'tank' but not as this group")
+    r = run(fake, cairn_bin, MIRROR)
+    assert r["failed"] and "Was a disk replaced? Declare the pool's devices" in r["msg"]
     fake.failures["status"] = (1, "zpool failed; stderr: connect: No such file or directory")
     r = run(fake, cairn_bin, MIRROR)
     assert r["failed"] and "connect" in r["msg"] and "zpool failed" in r["msg"]
