@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             pytest.fail(f"{tool} is not installed (scripts/install.sh installs it)")
     lab = Lab(tmp_path_factory.mktemp("day2"))
     try:
-        for n in lab.nodes:
-            n.start()
+        with ThreadPoolExecutor(len(lab.nodes)) as pool:  # four agents start side by side
+            list(pool.map(AgentNode.start, lab.nodes))
         for n in lab.nodes:
             n.call(
                 "POST", "/v1/pools", {"name": "p1", "listen": f"{n.address}:{free_port(n.address)}"}
@@ -294,3 +295,30 @@ def test_drain(lab: Lab) -> None:
     qemu_io("read -P 0x66 0 512k", "read -P 0x5a 512k 512k", "read -P 0x77 31M 1M",
             url=lab.url("vol1"))  # fmt: skip
     qemu_io("read -P 0x5a 0 1M", url=lab.url("vol1-c"))
+
+
+def test_remove_refused_below_the_consistency_factor(lab: Lab) -> None:
+    """A remove that would leave fewer healthy replicas than the consistency factor is
+    refused by the play, before the agent is asked, and nothing changes."""
+    d = lab.by_name["node-d"]
+    d.call("POST", "/v1/pools", {"name": "p2", "listen": f"{d.address}:{free_port(d.address)}"})
+    replicas = ["node-a/p1", "node-b/p1", "node-d/p2"]
+    lab.a.call("POST", "/v1/volumes", {"name": "vol2", "size": "4M", "replicas": replicas})
+    wait_for(
+        lambda: healthy(lab.a.call("GET", "/v1/volumes/vol2"), 3), 30, "vol2 healthy", lab.report
+    )
+    # node-d/p2 goes away (forced: vol2 still has a replica there): vol2 is degraded
+    d.call("DELETE", "/v1/pools/p2", {"confirm": "p2", "force": True})
+    wait_for(
+        lambda: lab.a.call("GET", "/v1/volumes/vol2")["status"]["state"] == "degraded",
+        30, "vol2 degraded", lab.report,
+    )  # fmt: skip
+    recap, out = lab.play(
+        "replica.yml", "volume=vol2", "remove=node-b/p1", "confirm_remove=true", rc=2
+    )
+    refused(
+        out,
+        "refusing to remove node-b/p1 from volume vol2: 1 of the 2 replicas left "
+        "(node-a/p1, node-d/p2) would be healthy (node-a/p1), below the consistency factor 2",
+    )
+    assert lab.cli("volume", "show", "vol2")["replicas"] == replicas
