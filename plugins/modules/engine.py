@@ -288,7 +288,6 @@ class Engine:
         self.unit_path = os.path.join(p["unit_dir"], "%s.service" % p["service_name"])
         self.manager = self._manager()
         self.python = None
-        self.warnings = []
 
     # -- what is there ----------------------------------------------------------------
 
@@ -357,7 +356,7 @@ class Engine:
         rc, out, err = self.run([self.cairn, "--version"], "cairn --version", check_rc=False)
         version = parse_cairn_version(out + "\n" + err) if rc == 0 else None
         if version is None:
-            self.warnings.append(
+            self.module.warn(
                 "%s --version did not answer (exit %d: %s); the engine is installed again"
                 % (self.cairn, rc, (err or out).strip()[-300:])
             )
@@ -608,7 +607,7 @@ def main():
     )
     if p["state"] == "absent":
         result = absent(engine, result)
-        module.exit_json(warnings=engine.warnings, **result)
+        module.exit_json(**result)
 
     # -- the wanted node file and token -----------------------------------------------
     config = copy.deepcopy(p["config"])
@@ -657,12 +656,15 @@ def main():
         try:
             names = wheel_names(wheelhouse)
         except (OSError, tarfile.TarError) as e:
-            module.fail_json(
-                msg="wheelhouse: %s is neither a directory nor a tar file of wheels: %s"
-                % (wheelhouse, e)
-            )
+            if module.check_mode and not os.path.exists(wheelhouse):
+                names = None  # the role copies it in a real run
+            else:
+                module.fail_json(
+                    msg="wheelhouse: %s is neither a directory nor a tar file of wheels: %s"
+                    % (wheelhouse, e)
+                )
         prefix = wheel_prefix(p["package"], version)
-        if not any(n.lower().startswith(prefix) for n in names):
+        if names is not None and not any(n.lower().startswith(prefix) for n in names):
             start = wheel_prefix(p["package"], "")[:-1]
             module.fail_json(
                 msg="wheelhouse: %s has no wheel of %s %s (it has: %s); build one with "
@@ -712,7 +714,7 @@ def main():
     if module.check_mode:
         if p["state"] == "started" and engine.manager != "none":
             result["api_url"] = (p["api_url"] or default_api_url(config)).rstrip("/")
-        module.exit_json(warnings=engine.warnings, **result)
+        module.exit_json(**result)
 
     # -- apply --------------------------------------------------------------------------
     if need_install:
@@ -738,7 +740,7 @@ def main():
         result.update(api_url=url, node=node)
         if engine.manager == "daemon":
             result["pid"] = read_pid(engine.pid_file(config))
-    module.exit_json(warnings=engine.warnings, **result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -314,6 +314,13 @@ def test_check_mode_predicts_and_touches_nothing(host: FakeHost) -> None:
     assert host.commands("pip") == [] and host.commands("kill") == [] and host.starts == 1
 
 
+def test_check_mode_before_the_wheelhouse_is_copied(host: FakeHost) -> None:
+    r = ok(host, args(host, wheelhouse=str(host.root / "not-yet.tar")), check=True)
+    assert r["changed"] and host.commands("pip") == []
+    r = fails(host, args(host, wheelhouse=str(host.root / "not-yet.tar")))
+    assert "neither a directory nor a tar file" in r["msg"]
+
+
 def test_python_too_old(host: FakeHost) -> None:
     host.python_version = "3.9.18"
     r = fails(host, args(host))
