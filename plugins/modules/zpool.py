@@ -26,7 +26,7 @@ description:
     A request whose layout differs from the pool's fails, it never rebuilds a pool.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   name:
     description: The ZFS pool's name.

@@ -161,13 +161,11 @@ def run(
         stack.enter_context(patch_module_args(full))
         stack.enter_context(mock.patch.object(basic.AnsibleModule, "exit_json", _exit_json))
         stack.enter_context(mock.patch.object(basic.AnsibleModule, "fail_json", _fail_json))
-        stack.enter_context(
-            mock.patch.object(
-                basic.AnsibleModule,
-                "run_command",
-                lambda module, argv, **kw: fake.run_command(module, argv, **kw),
-            )
-        )
+
+        def run_command(module: Any, argv: list[str], **kw: Any) -> tuple[int, str, str]:
+            return fake.run_command(module, argv, **kw)
+
+        stack.enter_context(mock.patch.object(basic.AnsibleModule, "run_command", run_command))
         try:
             zpool.main()
         except (ModuleExit, ModuleFail) as e:
