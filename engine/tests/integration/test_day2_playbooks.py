@@ -86,9 +86,12 @@ class Lab:
     def a(self) -> AgentNode:
         return self.nodes[0]
 
-    def play(self, playbook: str, *extra: str, rc: int = 0) -> tuple[dict[str, int], str]:
-        """Run ``playbooks/PLAYBOOK`` with ``-e`` for each of ``extra``; the PLAY RECAP's
-        counts for localhost and the whole output.  ``rc`` is the exit code expected."""
+    def play(
+        self, playbook: str, *extra: str, rc: int = 0, check: bool = False
+    ) -> tuple[dict[str, int], str]:
+        """Run ``playbooks/PLAYBOOK`` with ``-e`` for each of ``extra`` (and ``--check``);
+        the PLAY RECAP's counts for localhost and the whole output.  ``rc`` is the exit
+        code expected."""
         self.runs += 1
         env = dict(
             os.environ,
@@ -104,6 +107,8 @@ class Lab:
         argv = [ansible_playbook(), "-i", str(self.inventory), str(PLAYBOOKS / playbook)]
         for e in extra:
             argv += ["-e", e]
+        if check:
+            argv.append("--check")
         started = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         out = done.stdout + done.stderr
@@ -239,8 +244,13 @@ def test_clone(lab: Lab) -> None:
 def test_resize(lab: Lab) -> None:
     url = lab.url("vol1")
     assert readcapacity(url) == 16 * MiB
+    # --check predicts the change and makes none
+    recap, out = lab.play("resize.yml", "volume=vol1", "size=32M", check=True)
+    assert recap["failed"] == 0 and recap["changed"] == 1, out
+    assert lab.cli("volume", "show", "vol1")["size"] == 16 * MiB
     recap, out = lab.play("resize.yml", "volume=vol1", "size=32M")
     assert recap["failed"] == 0 and recap["changed"] == 1, out
+    assert "(16.00 MiB)" in out and "(32.00 MiB)" in out, out
     assert "before 16777216 bytes" in out and "after 33554432 bytes" in out, out
     doc = lab.cli("volume", "show", "vol1")
     assert doc["size"] == 32 * MiB and healthy(doc, 3), doc
@@ -280,6 +290,16 @@ def test_drain(lab: Lab) -> None:
     refused(out, "drain_host=node-x is not a host of the inventory group cairn_storage")
     c = lab.by_name["node-c"]
     assert [p["name"] for p in lab.cli("pool", "list", node=c)] == ["p1"]
+
+    # --check shows the plan and changes nothing
+    recap, out = lab.play("drain.yml", "drain_host=node-c", "confirm_drain=true", check=True)
+    assert recap["failed"] == 0 and recap["changed"] == 5, out  # 2 x (add, remove), pools
+    assert (
+        "would be drained (check mode, nothing changed): vol1: node-c/p1 -> node-d/p1; "
+        "vol1-c: node-c/p1 -> node-b/p1" in out
+    ), out
+    assert [p["name"] for p in lab.cli("pool", "list", node=c)] == ["p1"]
+    assert len(lab.cli("volume", "show", "vol1")["replicas"]) == 3
 
     recap, out = lab.play("drain.yml", "drain_host=node-c", "confirm_drain=true")
     assert recap["failed"] == 0, out
