@@ -214,11 +214,13 @@ build() {
         printf '  %s\n' "$bad"
         return 1
     fi
-    # what must ship
+    # what must ship (the engine role builds the engine's wheels on the controller from
+    # engine/pyproject.toml, README.md, constraints.txt and src/cairn/)
     local need
     for need in MANIFEST.json FILES.json README.md meta/runtime.yml \
         meta/execution-environment.yml meta/ee-requirements.txt meta/ee-bindep.txt \
-        plugins/modules/ plugins/module_utils/ engine/pyproject.toml engine/src/cairn/; do
+        plugins/modules/ plugins/module_utils/ engine/pyproject.toml engine/README.md \
+        engine/constraints.txt engine/src/cairn/; do
         if ! grep -qx "$need" "$TMP/artifact.list"; then
             echo "the artifact lacks $need"
             return 1
