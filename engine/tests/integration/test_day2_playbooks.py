@@ -215,6 +215,16 @@ def test_snapshot(lab: Lab) -> None:
     )
     refused(out, "pass -e confirm_rollback=true to do it")
     assert [s["name"] for s in lab.cli("snapshot", "list", "vol1")["snapshots"]] == ["s1"]
+    qemu_io("read -P 0x66 0 512k", url=lab.url("vol1"))
+    # the rollback with its confirm variable: the write after s1 is gone
+    recap, out = lab.play(
+        "snapshot.yml", "volume=vol1", "snapshot=s1", "snapshot_rollback=true",
+        "confirm_rollback=true",
+    )  # fmt: skip
+    assert recap["failed"] == 0 and recap["changed"] == 1, out
+    assert "rolled back to snapshot s1" in out, out
+    qemu_io("read -P 0x5a 0 1M", url=lab.url("vol1"))
+    qemu_io("write -P 0x66 0 512k", url=lab.url("vol1"))  # again, for the clone
 
 
 def test_clone(lab: Lab) -> None:
