@@ -325,6 +325,14 @@ def test_drain(lab: Lab) -> None:
     qemu_io("read -P 0x66 0 512k", "read -P 0x5a 512k 512k", "read -P 0x77 31M 1M",
             url=lab.url("vol1"))  # fmt: skip
     qemu_io("read -P 0x5a 0 1M", url=lab.url("vol1-c"))
+    # node-b next: every other host with a pool (node-a, node-d) holds a replica of vol1
+    # already, so no pool qualifies; the play says so and changes nothing
+    recap, out = lab.play("drain.yml", "drain_host=node-b", "confirm_drain=true", rc=2)
+    refused(out, "no pool can take the replica node-b/p1 of volume vol1 (replicas ")
+    assert sorted(lab.cli("volume", "show", "vol1")["replicas"]) == [
+        "node-a/p1", "node-b/p1", "node-d/p1",
+    ]  # fmt: skip
+    assert [p["name"] for p in lab.cli("pool", "list", node=lab.by_name["node-b"])] == ["p1"]
 
 
 def test_remove_refused_below_the_consistency_factor(lab: Lab) -> None:
