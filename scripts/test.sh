@@ -11,5 +11,7 @@ echo "== unit tests"
 python -m pytest engine/tests -m "not integration" -q -p no:cacheprovider
 echo "== collection unit tests (modules against an in-memory agent)"
 python -m pytest tests/unit -q -p no:cacheprovider
+echo "== collection gates (ansible-test sanity and units, ansible-lint, build, install, ansible-doc)"
+bash scripts/check-collection.sh
 echo "== integration tests (real clients: libiscsi, QEMU, ext4)"
 python -m pytest engine/tests -m integration -q -p no:cacheprovider -rs

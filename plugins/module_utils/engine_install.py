@@ -123,7 +123,7 @@ def default_api_url(config):
     address is reached on 127.0.0.1; ``https`` when the API has a certificate."""
     api = config.get("api") or {}
     listen = str(api.get("listen") or "0.0.0.0:6060")
-    host, _, port = listen.rpartition(":")
+    host, _sep, port = listen.rpartition(":")
     host = host.strip("[]")
     if host in ("", "0.0.0.0", "::", "*"):
         host = "127.0.0.1"

@@ -26,7 +26,7 @@ description:
     agent at each request, so a new token needs no restart.
 version_added: "0.1.0"
 author:
-  - Cairn developers
+  - Cairn developers (@cairn)
 options:
   version:
     description:
@@ -228,7 +228,7 @@ CHECK_CONFIG = (
     "    load(Path(sys.argv[1]))\n"
     "except ConfigError as e:\n"
     "    print(e)\n"
-    "    sys.exit(2)\n"
+    "    raise SystemExit(2)\n"
 )
 
 
