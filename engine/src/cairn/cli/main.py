@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(opts)
     if args.group == "pool":
         return pool_cli.run(args)
+    if args.group == "zpool":
+        return zpool_cli.run(args)
     if args.group == "volume":
         return volume_cli.run(args)
     if args.group == "node":

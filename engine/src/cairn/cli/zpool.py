@@ -363,23 +363,9 @@ def _layout_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
 
 
-class _RunningParser(argparse.ArgumentParser):
-    """The parser of one ``cairn zpool`` action: once its arguments are parsed, it runs
-    the action and exits with its code.  ``cairn``'s main dispatches only the commands it
-    names, and this keeps the registration of ``zpool`` in main.py to one line."""
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        raise SystemExit(run(parsed))
-
-
-def add_parser(sub: Any, *, run_on_parse: bool = True) -> argparse.ArgumentParser:
-    """Add ``zpool`` and its actions to the ``cairn`` command's subparsers.  With
-    ``run_on_parse`` (as ``cairn`` has it), parsing an action runs it (SystemExit)."""
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``zpool`` and its actions to the ``cairn`` command's subparsers (``cairn``'s
+    main hands the parsed arguments to :func:`run`)."""
     zpool: argparse.ArgumentParser = sub.add_parser(
         "zpool",
         help="this host's ZFS pools: create, grow, replace disks, export, import, destroy",
@@ -391,7 +377,6 @@ def add_parser(sub: Any, *, run_on_parse: bool = True) -> argparse.ArgumentParse
         dest="action",
         metavar="ACTION",
         required=True,
-        parser_class=_RunningParser if run_on_parse else argparse.ArgumentParser,
     )
     common = _common()
 
