@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     if getattr(args, "agent_handler", None) is not None:
         return agentcmds.run(args)
+    if getattr(args, "zpool_command", False):  # its --group option takes args.group
+        return zpool_cli.run(args)
     if args.group == "target" and args.action == "serve":
         from cairn.target.serve import ServeOptions, serve
 
@@ -225,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         return serve(opts)
     if args.group == "pool":
         return pool_cli.run(args)
-    if args.group == "zpool":
-        return zpool_cli.run(args)
     if args.group == "volume":
         return volume_cli.run(args)
     if args.group == "node":

@@ -373,6 +373,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "idempotently (docs/zfs.md). Exit codes: 0 done, 1 failed, 2 bad input, "
         "3 no such pool or device, 4 refused because it would lose data.",
     )
+    zpool.set_defaults(zpool_command=True)
     zsub = zpool.add_subparsers(
         dest="action",
         metavar="ACTION",
