@@ -14,6 +14,7 @@ APT_PACKAGES=(
   fuse3 e2fsprogs util-linux kmod procps iproute2
   openssl                 # certificates for the agent API's TLS tests
   open-iscsi              # iscsiadm/iscsid for the iscsi_initiator module and its tests
+  podman runc debootstrap openssh-client   # molecule/: isolated container hosts (molecule/run.sh)
   vagrant vagrant-libvirt # the lab's Vagrantfile: vagrant validate of its libvirt provider block
 )
 
