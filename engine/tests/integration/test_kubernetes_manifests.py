@@ -76,7 +76,7 @@ class Lab:
             "secure": f"{self.a.address}:{free_port(self.a.address)}",
             "plain": f"{self.b.address}:{free_port(self.b.address)}",
         }
-        self.volumes = [
+        self.volumes: list[dict[str, Any]] = [
             {
                 "name": "secure",
                 "size": "64M",
