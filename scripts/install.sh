@@ -41,3 +41,5 @@ echo "cairn: installed ($(.venv/bin/cairn --version))"
 # collections_path: .collections/ansible_collections/cairn/storage -> the repository
 mkdir -p .collections/ansible_collections/cairn
 ln -sfn ../../.. .collections/ansible_collections/cairn/storage
+# kubernetes.core (for playbooks/kubernetes.yml), from the ansible package on PyPI
+bash scripts/collections.sh
