@@ -7,11 +7,8 @@ API and the data with qemu-io (libiscsi), a client nobody here wrote."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import pytest
 
 from .agent_node import AgentNode
+from .ansible_run import ansible_env, ansible_playbook, collections_tree, recap
 from .conftest import free_port
 from .test_agent import qemu_io
 
@@ -27,16 +25,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / "tests" / "integration" / "playbooks" / "cairn_modules.yml"
 MiB = 1 << 20
-
-
-def ansible_playbook() -> str:
-    found = Path(sys.executable).parent / "ansible-playbook"
-    if found.exists():
-        return str(found)
-    which = shutil.which("ansible-playbook")
-    if which is None:
-        pytest.fail("ansible-playbook is not installed (pip install ansible-core)")
-    return which
 
 
 class Lab:
@@ -48,9 +36,7 @@ class Lab:
         for n in self.nodes:
             n.peers = {m.name: m.url for m in self.nodes if m is not n}
         # ansible_collections/cairn/storage -> the repository (it is not moved)
-        self.collections = root / "collections"
-        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root)
         a = self.nodes[0].address
         self.vars: dict[str, Any] = {
             "token_file": str(self.nodes[0].token_file),
@@ -80,23 +66,13 @@ class Lab:
         self.runs += 1
         vars_file = self.root / f"vars-{self.runs}.json"
         vars_file.write_text(json.dumps(dict(self.vars, cairn_phase=phase, **extra)))
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        )
+        env = ansible_env(self.root)
         argv = [ansible_playbook(), "-i", "localhost,", "-c", "local", "-e", f"@{vars_file}",
                 str(PLAYBOOK)]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         out = done.stdout + done.stderr
         assert done.returncode == 0, f"{phase}: exit {done.returncode}\n{out}\n{self.report()}"
-        m = re.search(r"^localhost\s*:\s*(.*)$", done.stdout, re.MULTILINE)
-        assert m, out
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+        return recap(done.stdout)
 
     def report(self) -> str:
         return "\n".join(n.report() for n in self.nodes)

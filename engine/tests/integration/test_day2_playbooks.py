@@ -9,7 +9,6 @@ Each destructive playbook must refuse without its confirm variable."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,9 +22,9 @@ from typing import Any
 import pytest
 
 from .agent_node import AgentNode, wait_for
+from .ansible_run import ansible_env, ansible_playbook, collections_tree, recap
 from .conftest import find_cairn, free_port
 from .test_agent import qemu_io
-from .test_ansible_modules import ansible_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +41,7 @@ class Lab:
         for n in self.nodes:
             n.peers = {m.name: m.url for m in self.nodes if m is not n}
         self.by_name = {n.name: n for n in self.nodes}
-        self.collections = root / "collections"
-        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root)
         hosts = {
             n.name: {
                 "ansible_connection": "local",
@@ -93,14 +90,8 @@ class Lab:
         the PLAY RECAP's counts for localhost and the whole output.  ``rc`` is the exit
         code expected."""
         self.runs += 1
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        env = ansible_env(
+            self.root,
             ANSIBLE_LOCALHOST_WARNING="0",
             ANSIBLE_PIPELINING="1",
         )
@@ -118,9 +109,7 @@ class Lab:
             assert done.returncode == 0, f"{playbook} {extra}: exit {done.returncode}\n{out}"
         else:
             assert done.returncode == rc, f"{playbook} {extra}: exit {done.returncode}\n{out}"
-        m = re.search(r"^localhost\s*:\s*(.*)$", done.stdout, re.MULTILINE)
-        assert m, out
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}, out
+        return recap(done.stdout), out
 
     def cli(self, *args: str, node: AgentNode | None = None) -> Any:
         """``cairn ARGS --json`` against ``node``'s agent (node-a by default), parsed."""

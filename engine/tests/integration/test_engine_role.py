@@ -24,9 +24,9 @@ import pytest
 from cairn.agent.client import AgentClient, ApiError
 
 from .agent_node import pid_alive, wait_for
+from .ansible_run import ansible_env, ansible_playbook, collections_tree, recap
 from .conftest import free_port, tail
 from .test_agent import qemu_io
-from .test_ansible_modules import ansible_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +53,7 @@ class Host:
         self.state_dir = root / "state"
         self.token_file = self.config_dir / "token"
         self.api_url = f"http://{ADDRESS}:{free_port(ADDRESS)}"
-        self.collections = root / "collections"
-        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root)
         self.vars: dict[str, Any] = {
             "cairn_node_name": "engine-a",
             "cairn_address": ADDRESS,
@@ -78,15 +76,7 @@ class Host:
         self.runs += 1
         vars_file = self.root / f"vars-{self.runs}.json"
         vars_file.write_text(json.dumps(dict(self.vars, **extra)))
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        )
+        env = ansible_env(self.root)
         inventory = self.root / "inventory.ini"
         inventory.write_text(
             "[cairn_storage]\nlocalhost ansible_connection=local\n[cairn_targets]\nlocalhost\n"
@@ -97,9 +87,7 @@ class Host:
         assert done.returncode == 0, (
             f"run {self.runs}: exit {done.returncode}\n{out}\n{self.report()}"
         )
-        m = re.search(r"^localhost\s*:\s*(.*)$", done.stdout, re.MULTILINE)
-        assert m, out
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}, out
+        return recap(done.stdout), out
 
     def client(self, token: str | None = None) -> AgentClient:
         return AgentClient(self.api_url, token if token is not None else self.token())

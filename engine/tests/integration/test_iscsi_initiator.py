@@ -17,11 +17,9 @@ the iface its own initiator name (iface.initiatorname) instead of asking iscsid.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ from typing import Any
 import pytest
 
 from .agent_node import AgentNode
+from .ansible_run import ansible_env, ansible_playbook, collections_tree, recap
 from .conftest import free_port
-from .test_ansible_modules import ansible_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -75,9 +73,7 @@ class Lab:
             (root / d).mkdir()
         self.script = root / "ns.sh"
         self.script.write_text(NAMESPACE_SCRIPT)
-        self.collections = root / "collections"
-        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root)
         self.node = AgentNode(root, "target-b", ADDRESS)
         self.secret_file = root / "chap-secret"
         self.secret_file.write_text(CHAP_SECRET)
@@ -112,14 +108,8 @@ class Lab:
         self.runs += 1
         vars_file = self.root / f"vars-{self.runs}.json"
         vars_file.write_text(json.dumps(extra))
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        env = ansible_env(
+            self.root,
             CAIRN_ETC=str(self.etc),
             CAIRN_LOCK=str(self.root / "lock"),
             CAIRN_SYS=str(self.root / "sys-class"),
@@ -163,12 +153,6 @@ class Lab:
         host, port = self.portal.split(":")
         (path,) = (self.etc / "nodes" / IQN).glob(f"{host},{port},*/cairn0")
         return path
-
-
-def recap(out: str) -> dict[str, int]:
-    m = re.search(r"^localhost\s*:\s*(.*)$", out, re.MULTILINE)
-    assert m, out
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
 
 def settings(path: Path) -> dict[str, str]:

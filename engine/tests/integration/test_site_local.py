@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from .agent_node import pid_alive
+from .ansible_run import ansible_env, ansible_playbook, collections_tree, recap
 from .conftest import find_cairn, tail
 from .test_agent import qemu_io
-from .test_ansible_modules import ansible_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,7 @@ class Site:
         self.config_dir = root / "etc"
         self.token_file = self.config_dir / "token"
         self.api_url = f"http://{ADDRESS}:6060"
-        self.collections = root / "collections"
-        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root)
         base = getattr(sys, "_base_executable", None) or sys.executable
         self.vars: dict[str, Any] = {
             "cairn_address": ADDRESS,
@@ -75,13 +73,7 @@ class Site:
         self.runs += 1
         vars_file = self.root / f"vars-{self.runs}.json"
         vars_file.write_text(json.dumps(self.vars))
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-        )
+        env = ansible_env(self.root)
         argv = [ansible_playbook(), "-i", str(REPO / "inventories" / "local"),
                 "-e", f"@{vars_file}", *extra, str(REPO / playbook)]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO,
@@ -90,11 +82,7 @@ class Site:
         assert done.returncode == expect, (
             f"{playbook}: exit {done.returncode}\n{out}\n{self.report()}"
         )
-        counts: dict[str, int] = {}
-        for m in re.finditer(r"^(local|localhost)\s*:\s*(.*)$", done.stdout, re.MULTILINE):
-            for k, v in re.findall(r"(\w+)=(\d+)", m.group(2)):
-                counts[k] = counts.get(k, 0) + int(v)
-        return counts, out
+        return recap(done.stdout, "local", "localhost"), out
 
     def cli(self, *argv: str) -> Any:
         done = subprocess.run([find_cairn(), *argv, "--json", "--api", self.api_url,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ..integration.ansible_run import ansible_env, collections_tree, recap
 from ..zfs_helpers import ZfsFuse, destroy_pool
 
 pytestmark = pytest.mark.integration
@@ -44,9 +45,7 @@ def imported() -> list[str]:
 class Play:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.collections = root / "collections"
-        (self.collections / "ansible_collections" / "cairn").mkdir(parents=True)
-        (self.collections / "ansible_collections" / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root)
         self.vdev_dir = root / "vdevs"
         self.vdev_dir.mkdir()
         self.vdevs = {}
@@ -73,14 +72,8 @@ class Play:
         self.runs += 1
         vars_file = self.root / f"vars-{self.runs}.json"
         vars_file.write_text(json.dumps(dict(self.vars, **extra)))
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        env = ansible_env(
+            self.root,
             ANSIBLE_DEPRECATION_WARNINGS="0",
         )
         argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
@@ -90,9 +83,7 @@ class Play:
         assert (done.returncode == 0) == ok, (
             f"{playbook.name} {extra}: exit {done.returncode}\n{out}"
         )
-        m = re.search(r"^localhost\s*:\s*(.*)$", done.stdout, re.MULTILINE)
-        assert m, out
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}, out
+        return recap(done.stdout), out
 
     def module(self, *phases: str, **extra: Any) -> dict[str, int]:
         recap, _ = self.run(PLAYBOOKS / "zpool_module.yml", phases=list(phases), **extra)
