@@ -29,7 +29,7 @@ import yaml
 
 from .agent_node import AgentNode, wait_for
 from .conftest import free_port
-from .test_ansible_modules import ansible_playbook
+from .ansible_run import ansible_playbook
 
 pytestmark = pytest.mark.integration
 
