@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from .agent_node import AgentNode, wait_for
-from .conftest import free_port
 from .ansible_run import ansible_playbook
+from .conftest import free_port
 
 pytestmark = pytest.mark.integration
 
