@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from .ansible_run import ansible_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,22 +52,14 @@ class Lab:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.inventory_dir = root / "inventory"
-        collections = root / "collections" / "ansible_collections" / "cairn"
-        collections.mkdir(parents=True)
-        (collections / "storage").symlink_to(REPO)
         # Vagrant keeps its home (plugins' data, boxes) and the project's .vagrant
         # (machines, the generated inventory) here, not in the checkout or ~
-        self.env = dict(
-            os.environ,
+        self.env = ansible_env(
+            root,
             VAGRANT_HOME=str(root / "vagrant-home"),
             VAGRANT_DOTFILE_PATH=str(root / "dot-vagrant"),
             VAGRANT_CHECKPOINT_DISABLE="1",
             CAIRN_LAB_INVENTORY_DIR=str(self.inventory_dir),
-            ANSIBLE_COLLECTIONS_PATH=str(root / "collections"),
-            ANSIBLE_HOME=str(root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
         )
         for knob in [
             k for k in self.env if k.startswith("CAIRN_LAB_") and k != "CAIRN_LAB_INVENTORY_DIR"
