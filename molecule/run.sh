@@ -8,7 +8,7 @@
 # built by the first scenario and reused by the others; the engine's wheels are built
 # once per run (on this machine, the "controller") and installed into every host.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 repo=$PWD
 export PATH="$repo/.venv/bin:$PATH"
 export ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Names and settings shared by hosts_up.sh, hosts_down.sh and host_ctl.sh (sourced).
 MH_PREFIX=cairn-mh
 MH_LABEL=io.cairn.mh

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Runs on the client host during the failure scenario's rolling upgrade: writes numbered
 # patterns of SLOT bytes to distinct offsets of a volume through libiscsi (qemu-io, one iSCSI
 # session per write) until STOPFILE exists or MAX writes were tried, and logs each write:

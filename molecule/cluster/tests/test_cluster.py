@@ -52,10 +52,12 @@ def test_zfs_pool_online_with_declared_layout(scenario: Scenario, name: str) -> 
         assert [g["kind"] for g in status["groups"]] == [pool["layout"]], status["text"]
         group = status["groups"][0]
         assert group["state"] == "ONLINE", status["text"]
-        assert sorted(d for d, _ in group["devices"]) == sorted(pool["vdevs"]), status[
+        assert sorted(dev for dev, _state in group["devices"]) == sorted(
+            pool["vdevs"]
+        ), status["text"]
+        assert all(state == "ONLINE" for _dev, state in group["devices"]), status[
             "text"
         ]
-        assert all(s == "ONLINE" for _, s in group["devices"]), status["text"]
 
 
 @pytest.mark.parametrize("name", STORAGE)

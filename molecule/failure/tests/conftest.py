@@ -15,4 +15,5 @@ from cairn_mh import Scenario, inventory_of
 
 @pytest.fixture(scope="session")
 def scenario(request: pytest.FixtureRequest) -> Scenario:
-    return Scenario(inventory_of(request.config, SCENARIO_DIR))
+    # the cluster scenario's inventory (molecule.yml passes it as --ansible-inventory)
+    return Scenario(inventory_of(request.config, SCENARIO_DIR.parent / "cluster"))
