@@ -15,3 +15,5 @@ echo "== collection gates (ansible-test sanity and units, ansible-lint, build, i
 bash scripts/check-collection.sh
 echo "== integration tests (real clients: libiscsi, QEMU, ext4)"
 python -m pytest engine/tests -m integration -q -p no:cacheprovider -rs
+echo "== molecule scenarios (isolated container hosts: cluster, failure, default; docs/molecule.md)"
+bash molecule/run.sh
