@@ -88,6 +88,7 @@ def start(rf: int = 3, nblocks: int = 64, seed: int = 1) -> tuple[World, Checker
     w = World(rf, nblocks, seed)
     for i in range(rf):
         w.connect(i)
+    w.run(1_000)  # the election is recorded on the replicas
     assert w.volume.writable
     return w, Checker(w)
 
@@ -353,3 +354,38 @@ def test_transfers_larger_than_a_message_are_split_and_put_back_together():
     w.run(100_000)
     assert r.done and r.value == data
     assert max(rep.largest for rep in w.replicas) == 1 << 20
+
+
+@pytest.mark.parametrize("how", ["write_failed", "rebuild_interrupted"])
+def test_replicas_made_healthy_by_an_election_are_marked_clean_and_elect_again(how):
+    """A replica whose clean number is held back (a write it failed, or a rebuild that
+    stopped half way) can win an election after a target restart and then confirm new
+    writes. It must be told it is clean before it does: otherwise, after the next target
+    restart, it reports the old number, below what it confirmed, every replica looks
+    stale and the volume never elects again."""
+    w, c = start()
+    c.write(0, 4)
+    w.run(10_000)
+    if how == "write_failed":
+        for rep in w.replicas:
+            rep.no_space = True  # seq 2 fails everywhere: every clean number stays at 1
+        c.write(8, 4)
+        w.run(10_000)
+        for rep in w.replicas:
+            rep.no_space = False
+        assert all(rep.pinned for rep in w.replicas)
+    else:
+        for rep in w.replicas:  # as a rebuild from seq 1 leaves it when it stops
+            rep.meta = {"rebuilding": True, "prefix": 1, "source": w.addresses[0]}
+    w.restart_target()
+    w.settle()
+    c.write(16, 4)  # confirmed by replicas that were made healthy by the election
+    w.run(10_000)
+    w.advance(6.0)  # the confirmed numbers are saved with the target's state
+    assert min(w.state.marks.values()) > 1, w.state.marks
+    w.restart_target()
+    w.settle()  # raises when the volume cannot elect
+    c.write(24, 4)
+    w.run(10_000)
+    c.final_check()
+    assert c.acked[24] == c.next_id - 1

@@ -180,6 +180,7 @@ class ReplicatedVolume:
         self._held: deque[_Op] = deque()  # waiting for quorum, in order
         self._reads: deque[_Op] = deque()  # waiting for a healthy replica
         self._calls: dict[int, tuple[Replica, Callable[[Replica, wire.Message | None], None]]] = {}
+        self._marking: set[Replica] = set()  # told they are clean after an election
         self.events: deque[tuple[float, str]] = deque(maxlen=50)
         # read_time_us, write_time_us: the time the reads and writes took in all, from
         # the device call to the answer (their mean latency is its rate over theirs)
@@ -564,12 +565,9 @@ class ReplicatedVolume:
         """Decide what attached, untrusted replicas do: with a healthy replica, rebuild
         from it; with none, elect the longest prefix among CF attached replicas."""
         healthy = self.healthy()
-        waiting = [
-            r
-            for r in self.replicas
-            if r.state == DEGRADED and r.link is not None and r.rebuild is None
-        ]
         if not healthy:
+            if self._marking:
+                return  # an election is being recorded on the elected replica
             attached = [r for r in self.replicas if r.link is not None and not r.lost_writes]
             if len(attached) < self.cf:
                 return
@@ -577,29 +575,31 @@ class ReplicatedVolume:
             if best.rebuild is not None:
                 rb, best.rebuild = best.rebuild, None
                 rb.abort("elected as the reference")
-            self._elected(best)
-            self._become_healthy(
+            # those with exactly the same prefix hold exactly the same writes
+            same = [
+                r
+                for r in attached
+                if r is not best
+                and r.rebuild is None
+                and r.prefix == best.prefix
+                and r.high_seq == r.prefix
+                and best.high_seq == best.prefix
+            ]
+            self._record_election(
                 best,
-                best.prefix,
+                same,
                 "elected: longest prefix of "
                 + ", ".join(f"{r.address}={r.prefix}" for r in attached),
             )
-            # those with exactly the same prefix hold exactly the same writes
-            for r in attached:
-                if (
-                    r is not best
-                    and r.rebuild is None
-                    and r.prefix == best.prefix
-                    and r.high_seq == r.prefix
-                    and best.high_seq == best.prefix
-                ):
-                    self._become_healthy(r, r.prefix, "same prefix as the reference")
-            healthy = self.healthy()
-            waiting = [
-                r
-                for r in self.replicas
-                if r.state == DEGRADED and r.link is not None and r.rebuild is None
-            ]
+            return
+        waiting = [
+            r
+            for r in self.replicas
+            if r.state == DEGRADED
+            and r.link is not None
+            and r.rebuild is None
+            and r not in self._marking
+        ]
         for r in waiting:
             if r.high_seq == 0 and self.last_seq == 0 and not self._ops and not self._held:
                 # nothing was ever written: an empty replica is up to date
@@ -610,6 +610,57 @@ class ReplicatedVolume:
             source = min(healthy, key=lambda x: len(x.inflight))
             r.rebuild = Rebuild(self, r, source)
             r.rebuild.start()
+
+    def _record_election(self, best: Replica, same: list[Replica], why: str) -> None:
+        """Tell ``best`` and ``same`` that they are clean before any of them confirms a
+        write, then make them healthy together (so no write is sent to only some of
+        them). A replica elected with a held-back clean number (a write it failed, a
+        rebuild that stopped) would otherwise report that old number after the next
+        target restart, below the writes it confirmed since, and look stale to every
+        later election. Writes wait meanwhile, as below quorum."""
+        meta = {"rebuilding": False, "clean": True, "elected_at": best.prefix}
+        group = [best, *same]
+        answers: dict[Replica, wire.Message | None] = {}
+
+        def parts(tag: int) -> list[Any]:
+            return wire.encode(Op.SET_META, tag=tag, data=wire.json_payload(meta))
+
+        def marked(r: Replica, msg: wire.Message | None) -> None:
+            self._marking.discard(r)
+            answers[r] = msg
+            if not self._marking:
+                finish()
+
+        def finish() -> None:
+            ok = [
+                r
+                for r in group
+                if (m := answers.get(r)) is not None
+                and m.status == Status.OK
+                and r.link is not None
+                and r.state == DEGRADED
+                and r.rebuild is None
+            ]
+            if best in ok:
+                self._elected(best)
+                # all of them before a held write is sent: each must get every one
+                for r in ok:
+                    self._become_healthy(
+                        r,
+                        r.prefix,
+                        why if r is best else "same prefix as the reference",
+                        recheck=r is ok[-1],
+                    )
+            for r in group:
+                m = answers.get(r)
+                if m is not None and m.status != Status.OK:
+                    self.degrade(r, f"elected, but it cannot record it: {wire.error_text(m)}")
+            self._place()  # rebuild the others from it, or elect again without it
+
+        self._note(f"{best.address} {why}")
+        self._marking.update(group)
+        for r in group:
+            self.call(r, parts, marked)
 
     def _elected(self, best: Replica) -> None:
         """``best`` holds every write up to its prefix and none after: writes numbered
@@ -626,7 +677,7 @@ class ReplicatedVolume:
                     )
                 )
 
-    def _become_healthy(self, r: Replica, covered: int, why: str) -> None:
+    def _become_healthy(self, r: Replica, covered: int, why: str, recheck: bool = True) -> None:
         r.state = HEALTHY
         r.lost_writes = False
         r.reason = ""
@@ -636,8 +687,9 @@ class ReplicatedVolume:
             self._save_trusted()
         log.info("event=replica_healthy volume=%s replica=%s why=%r", self.name, r.address, why)
         self._note(f"{r.address} healthy: {why}")
-        self._recheck_all()
-        self._retry_reads()
+        if recheck:
+            self._recheck_all()
+            self._retry_reads()
 
     def start_rebuilding(self, r: Replica) -> int:
         """``r`` takes live writes from now on; returns the last number before it did."""
