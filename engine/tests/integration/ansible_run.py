@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,33 @@ def ansible_env(root: Path, **extra: str) -> dict[str, str]:
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         **extra,
     )
+
+
+def run_playbook(
+    root: Path,
+    inventory: Path,
+    playbook: Path,
+    *extra: str,
+    check: bool = False,
+    log: Path,
+    timeout: float = 300,
+    **env: str,
+) -> tuple[int, str]:
+    """``ansible-playbook -i INVENTORY PLAYBOOK`` with ``-e`` for each of ``extra`` (and
+    ``--check``), in the environment of ``ansible_env(root, **env)``; the command, its time
+    and output go to ``log``. The exit code and the whole output."""
+    argv = [ansible_playbook(), "-i", str(inventory), str(playbook)]
+    for e in extra:
+        argv += ["-e", e]
+    if check:
+        argv.append("--check")
+    started = time.monotonic()
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=ansible_env(root, **env), timeout=timeout
+    )
+    out = done.stdout + done.stderr
+    log.write_text(f"{argv}\n{time.monotonic() - started:.1f} s\n{out}")
+    return done.returncode, out
 
 
 def recap(stdout: str, *hosts: str) -> dict[str, int]:

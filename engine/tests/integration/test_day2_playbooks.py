@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from .agent_node import AgentNode, wait_for
-from .ansible_run import ansible_env, ansible_playbook, collections_tree, recap
+from .ansible_run import collections_tree, recap, run_playbook
 from .conftest import find_cairn, free_port
 from .test_agent import qemu_io
 
@@ -90,26 +89,18 @@ class Lab:
         the PLAY RECAP's counts for localhost and the whole output.  ``rc`` is the exit
         code expected."""
         self.runs += 1
-        env = ansible_env(
+        code, out = run_playbook(
             self.root,
+            self.inventory,
+            PLAYBOOKS / playbook,
+            *extra,
+            check=check,
+            log=self.root / f"run-{self.runs}-{playbook}.log",
             ANSIBLE_LOCALHOST_WARNING="0",
             ANSIBLE_PIPELINING="1",
         )
-        argv = [ansible_playbook(), "-i", str(self.inventory), str(PLAYBOOKS / playbook)]
-        for e in extra:
-            argv += ["-e", e]
-        if check:
-            argv.append("--check")
-        started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-        out = done.stdout + done.stderr
-        took = time.monotonic() - started
-        (self.root / f"run-{self.runs}-{playbook}.log").write_text(f"{argv}\n{took:.1f} s\n{out}")
-        if rc == 0:
-            assert done.returncode == 0, f"{playbook} {extra}: exit {done.returncode}\n{out}"
-        else:
-            assert done.returncode == rc, f"{playbook} {extra}: exit {done.returncode}\n{out}"
-        return recap(done.stdout), out
+        assert code == rc, f"{playbook} {extra}: exit {code}, not {rc}\n{out}"
+        return recap(out), out
 
     def cli(self, *args: str, node: AgentNode | None = None) -> Any:
         """``cairn ARGS --json`` against ``node``'s agent (node-a by default), parsed."""

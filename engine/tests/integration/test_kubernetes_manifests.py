@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from .agent_node import AgentNode, wait_for
-from .ansible_run import ansible_playbook
+from .ansible_run import collections_tree, run_playbook
 from .conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -69,9 +68,7 @@ class Lab:
         for n in self.nodes:
             n.peers = {m.name: m.url for m in self.nodes if m is not n}
         self.a, self.b = self.nodes
-        self.collections = root / "collections" / "ansible_collections"
-        (self.collections / "cairn").mkdir(parents=True)
-        (self.collections / "cairn" / "storage").symlink_to(REPO)
+        self.collections = collections_tree(root) / "ansible_collections"
         self.portals = {
             "secure": f"{self.a.address}:{free_port(self.a.address)}",
             "plain": f"{self.b.address}:{free_port(self.b.address)}",
@@ -123,28 +120,17 @@ class Lab:
         """Run the playbook with ``-e`` for each of ``extra``; its whole output.  ``rc`` is
         the exit code expected."""
         self.runs += 1
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(self.collections.parent),
-            ANSIBLE_HOME=str(self.root / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        code, out = run_playbook(
+            self.root,
+            self.inventory,
+            PLAYBOOK,
+            *extra,
+            check=check,
+            log=self.root / f"run-{self.runs}.log",
             ANSIBLE_LOCALHOST_WARNING="0",
             ANSIBLE_PIPELINING="1",
         )
-        argv = [ansible_playbook(), "-i", str(self.inventory), str(PLAYBOOK)]
-        for e in extra:
-            argv += ["-e", e]
-        if check:
-            argv.append("--check")
-        started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-        out = done.stdout + done.stderr
-        took = time.monotonic() - started
-        (self.root / f"run-{self.runs}.log").write_text(f"{argv}\n{took:.1f} s\n{out}")
-        assert done.returncode == rc, f"{extra}: exit {done.returncode}, not {rc}\n{out}"
+        assert code == rc, f"{extra}: exit {code}, not {rc}\n{out}"
         return out
 
     def report(self) -> str:
