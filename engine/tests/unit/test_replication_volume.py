@@ -389,3 +389,29 @@ def test_replicas_made_healthy_by_an_election_are_marked_clean_and_elect_again(h
     w.run(10_000)
     c.final_check()
     assert c.acked[24] == c.next_id - 1
+
+
+def test_an_election_does_not_wait_for_a_replica_that_hangs():
+    """A replica that stops answering once it is connected is dropped from the election
+    after the replica timeout; the others are elected and the volume takes writes."""
+    w, c = start()
+    c.write(0, 4)
+    w.run(10_000)
+    w.restart_target()
+    w.connect(0)
+    w.connect(1)  # CF replicas: the election starts with these two
+    w.hung[1] = True  # it opened, then hangs before it records the election
+    w.connect(2)
+    w.run(10_000)
+    assert not w.volume.writable
+    w.advance(1.5)  # past the replica timeout (1 s here)
+    w.run(10_000)
+    v = w.volume
+    assert v.writable, v.status()
+    assert "no answer to the election" in v.replicas[1].reason
+    c.write(8, 4)
+    w.run(10_000)
+    assert c.acked[8] == 2
+    w.hung[1] = False
+    w.settle()
+    c.final_check()

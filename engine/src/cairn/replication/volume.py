@@ -181,6 +181,7 @@ class ReplicatedVolume:
         self._reads: deque[_Op] = deque()  # waiting for a healthy replica
         self._calls: dict[int, tuple[Replica, Callable[[Replica, wire.Message | None], None]]] = {}
         self._marking: set[Replica] = set()  # told they are clean after an election
+        self._marking_since = 0.0
         self.events: deque[tuple[float, str]] = deque(maxlen=50)
         # read_time_us, write_time_us: the time the reads and writes took in all, from
         # the device call to the answer (their mean latency is its rate over theirs)
@@ -659,6 +660,7 @@ class ReplicatedVolume:
 
         self._note(f"{best.address} {why}")
         self._marking.update(group)
+        self._marking_since = self._clock()
         for r in group:
             self.call(r, parts, marked)
 
@@ -845,6 +847,10 @@ class ReplicatedVolume:
                 op.done = True
                 self._ops.pop(op.tag, None)
                 op.pending.fail(QuorumError(f"volume {self.name}: {self.why_not_writable()}"))
+        if self._marking and now - self._marking_since > self.replica_timeout:
+            # one that does not answer holds up the election: it goes, the rest carry on
+            for r in list(self._marking):
+                self.degrade(r, f"no answer to the election for {now - self._marking_since:.1f} s")
         for r in self.replicas:
             if r.rebuild is not None:
                 r.rebuild.tick(now)
