@@ -53,11 +53,20 @@ def parse_size(size: int | str) -> int:
     return int(m.group(1)) * _SIZE_SUFFIXES[m.group(2)]
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on at ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on at ``host`` right now, and not handed out before in
+    this run: the kernel may give the same free port to two calls in a row, and two
+    servers of one test told to listen there would collide."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
 
 
 def wait_port_closed(host: str, port: int, timeout: float = 10.0) -> None:

@@ -157,3 +157,23 @@ def test_targets_authenticate_to_pool_servers_with_the_shared_secret(tmp_path: P
             t.kill()
         for n in nodes:
             n.cleanup()
+
+
+def test_a_replicating_target_whose_portal_is_taken_says_so(tmp_path: Path) -> None:
+    """The portal's address in use: exit code 2 and one line that names it, not a
+    traceback (the agent shows that line as the reason its target does not start)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [find_cairn(), "target", "serve", "--volume", "v", "--size", "16M",
+             "--portal", f"127.0.0.1:{port}", "--iqn", "iqn.2026-11.io.cairn:v",
+             "--replica", "127.0.0.2:9", "--state-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -166,7 +166,9 @@ async def run(opts: ServeOptions) -> int:
     try:
         await portal.start(host, port)
     except OSError as e:
-        device.close()
+        close = getattr(device, "close", None)  # a replicated volume holds no files here
+        if close is not None:
+            close()
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
     loop = asyncio.get_running_loop()
