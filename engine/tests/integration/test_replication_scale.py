@@ -4,6 +4,7 @@ the status the operator sees (``cairn volume status / replica-add / replica-remo
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -162,8 +163,6 @@ def test_targets_authenticate_to_pool_servers_with_the_shared_secret(tmp_path: P
 def test_a_replicating_target_whose_portal_is_taken_says_so(tmp_path: Path) -> None:
     """The portal's address in use: exit code 2 and one line that names it, not a
     traceback (the agent shows that line as the reason its target does not start)."""
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -568,7 +568,7 @@ class ReplicatedVolume:
         healthy = self.healthy()
         if not healthy:
             if self._marking:
-                return  # an election is being recorded on the elected replica
+                return  # an election is being recorded on the elected replicas
             attached = [r for r in self.replicas if r.link is not None and not r.lost_writes]
             if len(attached) < self.cf:
                 return
@@ -646,12 +646,10 @@ class ReplicatedVolume:
                 self._elected(best)
                 # all of them before a held write is sent: each must get every one
                 for r in ok:
-                    self._become_healthy(
-                        r,
-                        r.prefix,
-                        why if r is best else "same prefix as the reference",
-                        recheck=r is ok[-1],
-                    )
+                    why_r = why if r is best else "same prefix as the reference"
+                    self._become_healthy(r, r.prefix, why_r, recheck=False)
+                self._recheck_all()
+                self._retry_reads()
             for r in group:
                 m = answers.get(r)
                 if m is not None and m.status != Status.OK:

@@ -166,9 +166,8 @@ async def run(opts: ServeOptions) -> int:
     try:
         await portal.start(host, port)
     except OSError as e:
-        close = getattr(device, "close", None)  # a replicated volume holds no files here
-        if close is not None:
-            close()
+        if not connectors:  # a local store (a replicated volume holds nothing yet)
+            device.close()
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
     loop = asyncio.get_running_loop()
