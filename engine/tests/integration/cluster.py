@@ -397,10 +397,16 @@ class Cluster:
         tmpfs_size: str = "96m",
         extra: list[str] | None = None,
         make_node: Callable[[Path, int, int], PoolProcess] | None = None,
+        local_links: bool = False,
     ) -> None:
         """``make_node(root, index, port)`` makes the pool nodes (default: ``PoolNode``,
-        the embedded store on a tmpfs of ``tmpfs_size``)."""
+        the embedded store on a tmpfs of ``tmpfs_size``).  The target reaches each pool
+        server through its ``FaultProxy`` over TCP (``--local-socket off``), so that
+        network faults reach it; with ``local_links``, straight at the pool server, and
+        from there through its local socket (docs/replication.md), where only process
+        faults apply."""
         self.root = root
+        self.local_links = local_links
         port = free_port("127.0.0.2")
         self.nodes: list[PoolProcess] = []
         try:
@@ -409,10 +415,14 @@ class Cluster:
                     self.nodes.append(PoolNode(root, i, port, tmpfs_size))
                 else:
                     self.nodes.append(make_node(root, i, port))
+            if local_links:
+                addresses = [f"{n.host}:{n.port}" for n in self.nodes]
+            else:
+                addresses = [n.address for n in self.nodes]
+                extra = [*(extra or []), "--local-socket", "off"]
             self.target = ReplicatedTarget(
-                root, "vol", size, [n.address for n in self.nodes], hold_time, replica_timeout,
-                extra,
-            )  # fmt: skip
+                root, "vol", size, addresses, hold_time, replica_timeout, extra
+            )
             for n in self.nodes:
                 n.start()
             self.target.start()

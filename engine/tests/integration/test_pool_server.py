@@ -656,6 +656,37 @@ def test_client_rejects_a_server_that_cannot_prove_the_secret(pool_server):
     assert e.value.status == Status.AUTH_FAILED
 
 
+def test_a_client_on_this_machine_reaches_the_same_server_on_its_local_socket(pool_server):
+    """HELLO names the local socket and the server's instance; there the same server
+    answers, with the same authentication, and what is written on one connection reads
+    back on the other.  The server runs as SCHED_BATCH (docs/replication.md)."""
+    secret = b"local socket secret"
+    srv = pool_server(name="loc", secret=secret)
+    with srv.client(secret=secret) as c:
+        info = c.server_info
+        assert info["local"] == f"cairn-pool:{HOST}:{srv.port}"
+        assert len(info["instance"]) == 16
+        c.open("l1", MiB, session=1)
+        c.write(0, pattern(5, 4096), seq=1)
+        # without the secret the local socket refuses as TCP does
+        anon = PoolClient(HOST, 0, local=info["local"]).connect()
+        with pytest.raises(PoolError) as e:
+            anon.open("l1", MiB)
+        assert e.value.status == Status.AUTH_REQUIRED
+        anon.disconnect()
+        with PoolClient(HOST, 0, secret=secret, local=info["local"]) as lc:
+            assert lc.server_info["instance"] == info["instance"]
+            lc.open("l1", MiB, session=2)
+            assert lc.read(0, 4096) == pattern(5, 4096)
+            lc.write(4096, pattern(6, 4096), seq=2)
+        assert c.read(4096, 4096) == pattern(6, 4096)
+    assert f"peer=local:pid={os.getpid()}" in srv.stderr()
+    assert srv.proc is not None
+    assert os.sched_getscheduler(srv.proc.pid) == os.SCHED_BATCH
+    with pytest.raises(OSError):  # another address has no local socket
+        PoolClient(HOST, 0, local=f"cairn-pool:{HOST}:1").connect()
+
+
 def test_auth_without_a_secret_is_a_bad_request(shared_server):
     c = shared_server.client()
     try:

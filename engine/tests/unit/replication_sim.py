@@ -131,6 +131,7 @@ class MemLink:
         self.to_volume: deque[wire.Message] = deque()
         self.decoder = wire.Decoder()
         self.closed = False
+        self.kind = world.kinds[index]  # "local": its pool server is on the target's machine
 
     def send(self, parts: list[Any]) -> None:
         if not self.closed:
@@ -188,6 +189,7 @@ class World:
         self.links: list[MemLink | None] = [None] * rf
         self.down = [False] * rf  # the pool server is not running
         self.hung = [False] * rf  # it runs but answers nothing
+        self.kinds = ["tcp"] * rf  # how each replica's link is connected (``MemLink.kind``)
         self.closed_links: list[tuple[int, str]] = []
         self.volume = self._new_volume()
 

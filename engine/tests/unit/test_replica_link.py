@@ -74,7 +74,7 @@ def test_a_link_lost_with_writes_in_flight_retires_the_ring():
         links = []
         for i in range(2):
             connector = SimpleNamespace(
-                volume=volume, address=f"a:{i}", rings=host, lost=lambda: None
+                volume=volume, address=f"a:{i}", rings=host, lost=lambda link: None
             )
             link = ReplicaLink(connector)
             link.attached = True
@@ -102,3 +102,59 @@ def test_a_link_lost_with_writes_in_flight_retires_the_ring():
         assert other.ring is None  # data goes in the messages until the pool server maps it
 
     asyncio.run(main())
+
+
+def _hello_server(replies: dict[str, object]):
+    """A protocol that answers every HELLO with ``replies`` (a fake pool server)."""
+
+    class Hello(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.decoder = wire.Decoder()
+
+        def data_received(self, data):
+            for m in self.decoder.feed(data):
+                payload = wire.json_payload(replies)
+                self.transport.writelines(wire.encode(m.op, tag=m.tag, data=payload, reply=True))
+
+    return Hello
+
+
+def test_a_target_moves_to_the_local_socket_only_when_the_same_server_answers_there():
+    """``Connector._go_local``: the same instance on the local socket: the TCP link is
+    closed and the local one used; another instance, or nothing listening: the TCP
+    link stays, and the reason is logged once."""
+    import uuid
+
+    from cairn.target.replicas import Connector
+
+    async def main() -> list[tuple[str, bool]]:
+        loop = asyncio.get_running_loop()
+        volume = SimpleNamespace(name="v", local_links=True, shared=None)
+        connector = Connector(volume, "127.0.0.1:1", 1 << 20, 512, None)  # type: ignore[arg-type]
+        results = []
+        for case in ("same", "other", "absent"):
+            name = f"cairn-test-{uuid.uuid4().hex}"
+            server = None
+            if case != "absent":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind("\0" + name)
+                sock.listen(4)
+                answer = {"instance": "abc" if case == "same" else "xyz"}
+                server = await loop.create_unix_server(_hello_server(answer), sock=sock)
+            a, b = socket.socketpair()
+            _, tcp = await loop.create_connection(lambda: ReplicaLink(connector), sock=a)
+            connector.link = tcp
+            link, info = await connector._go_local(tcp, {"local": name, "instance": "abc"})
+            results.append((getattr(link, "kind", "?"), tcp.closed))
+            assert connector.link is link
+            if link is not tcp:
+                assert info == {"instance": "abc"}
+                link.close("done")
+            tcp.close("done")
+            b.close()
+            if server is not None:
+                server.close()
+        return results
+
+    assert uvloop.run(main()) == [("local", True), ("tcp", False), ("tcp", False)]

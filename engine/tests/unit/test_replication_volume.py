@@ -356,6 +356,37 @@ def test_transfers_larger_than_a_message_are_split_and_put_back_together():
     assert max(rep.largest for rep in w.replicas) == 1 << 20
 
 
+def reads_served(w: World) -> list[int]:
+    return [r.stats["reads"] for r in w.volume.replicas]
+
+
+def test_small_reads_go_to_one_replica_the_local_one_first_and_large_reads_spread():
+    w = World(3, 8192, seed=3)
+    w.kinds[1] = "local"
+    for i in range(3):
+        w.connect(i)
+    w.run(1_000)
+    # 32 reads of 4 KiB in flight (128 KiB): all to the replica on this machine
+    pending = [w.volume.read(8 * i, 8) for i in range(32)]
+    w.run(10_000)
+    assert all(p.done and p.error is None for p in pending)
+    assert reads_served(w) == [0, 32, 0]
+    # 8 reads of 1 MiB in flight: past READ_SPREAD on one, the least loaded takes the next
+    pending = [w.volume.read(2048 * (i % 4), 2048) for i in range(8)]
+    w.run(100_000)
+    assert all(p.done and p.error is None for p in pending)
+    assert reads_served(w)[0] >= 2 and reads_served(w)[2] >= 2
+    assert sum(reads_served(w)) == 32 + 8
+    # the local replica degraded: the first healthy one in the volume's order takes them
+    w.volume.degrade(w.volume.replicas[1], "test")
+    before = reads_served(w)
+    pending = [w.volume.read(8 * i, 8) for i in range(32)]
+    w.run(10_000)
+    assert all(p.done and p.error is None for p in pending)
+    assert [a - b for a, b in zip(reads_served(w), before, strict=True)] == [32, 0, 0]
+    assert all(r.reading == 0 for r in w.volume.replicas)
+
+
 @pytest.mark.parametrize("how", ["write_failed", "rebuild_interrupted"])
 def test_replicas_made_healthy_by_an_election_are_marked_clean_and_elect_again(how):
     """A replica whose clean number is held back (a write it failed, or a rebuild that

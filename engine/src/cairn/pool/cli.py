@@ -64,6 +64,15 @@ def add_parser(sub: Any) -> None:
         help="file holding the secret clients must prove they know (mutual HMAC-SHA256); "
         "without it, no authentication",
     )
+    serve.add_argument(
+        "--scheduling",
+        choices=("batch", "normal"),
+        default="batch",
+        help="batch: run as SCHED_BATCH (sched(7)), so that a message does not make the "
+        "pool server preempt the process that sent it, and a target on the same CPUs sends "
+        "a batch to all its replicas before they run (docs/replication.md); normal: the "
+        "kernel's default policy",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 secret_file=args.secret_file,
                 backend=args.backend,
                 zpool=args.zpool,
+                scheduling=args.scheduling,
             )
         )
     raise SystemExit(f"cairn pool: unknown action {args.action!r}")

@@ -59,9 +59,12 @@ class PoolClient:
         timeout: float = 10,
         secret: bytes | str | None = None,
         client: str = "cairn-pool-client",
+        local: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        #: connect to this local socket (a HELLO's ``local``) instead of host:port
+        self.local = local
         self.timeout = timeout
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.client = client
@@ -77,8 +80,17 @@ class PoolClient:
     def connect(self) -> PoolClient:
         if self.sock is not None:
             return self
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.local is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect("\0" + self.local)  # the abstract namespace
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self._decoder = Decoder()
         self._ready = []

@@ -50,6 +50,8 @@ OFFLINE = "offline"
 
 WRITE, UNMAP, FLUSH, READ = 1, 2, 3, 4
 MAX_MESSAGE = 1 << 20  # the most data one WRITE or READ to a replica carries
+#: reads go to one replica until it has this many bytes of reads in flight (``_reader``)
+READ_SPREAD = 256 << 10
 
 
 class Link(Protocol):
@@ -78,7 +80,9 @@ class Replica:
     lost_writes: bool = False  # it came back without writes it had answered for
     reason: str = ""
     inflight: dict[int, _Op] = field(default_factory=dict)
-    inflight_bytes: int = 0
+    inflight_bytes: int = 0  # of writes
+    reading: int = 0  # bytes of reads in flight
+    local: bool = False  # reached through the local socket: its pool server is on this machine
     rebuild: Any = None  # ``rebuild.Rebuild`` while it runs
     stats: dict[str, int] = field(
         default_factory=lambda: {"writes": 0, "reads": 0, "errors": 0, "rebuilds": 0}
@@ -201,6 +205,8 @@ class ReplicatedVolume:
         #: the shared-memory rings for pool servers on this machine
         #: (``cairn.replication.ring.RingHost``), or None: data always in the messages
         self.shared: Any = None
+        #: pool servers on this machine are reached through their local socket
+        self.local_links = False
         # write barriers in force (``hold_writes``) and who waits for the writes in
         # flight to be answered
         self._barriers = 0
@@ -439,9 +445,10 @@ class ReplicatedVolume:
         if not candidates:
             self._reads.append(op)
             return
-        r = min(candidates, key=lambda x: len(x.inflight))
+        r = min(candidates, key=_reader)
         op.tried.add(r)
         op.tag = tag = self.next_tag()
+        r.reading += op.count * self._bs
         self._send(
             r,
             wire.encode(Op.READ, tag=tag, offset=op.lba * self._bs, length=op.count * self._bs),
@@ -463,6 +470,7 @@ class ReplicatedVolume:
             r.link.close("replaced by a new connection")
             self.detach(address, r.link, "replaced by a new connection")
         r.link = link
+        r.local = getattr(link, "kind", "") == "local"
         r.high_seq = int(info.get("high_seq", 0))
         meta = info.get("meta") or {}
         clean = int(info.get("clean_seq", r.high_seq))
@@ -545,6 +553,7 @@ class ReplicatedVolume:
             self._save_trusted()
         inflight, r.inflight = r.inflight, {}
         r.inflight_bytes = 0
+        r.reading = 0
         for tag, (owner, fn) in list(self._calls.items()):
             if owner is r:
                 del self._calls[tag]
@@ -729,6 +738,8 @@ class ReplicatedVolume:
             return
         if op.kind == WRITE:
             r.inflight_bytes -= op.count * self._bs
+        elif op.kind == READ:
+            r.reading -= op.count * self._bs
         if msg.status != Status.OK:
             error = _reply_error(msg)
             r.stats["errors"] += 1
@@ -941,6 +952,7 @@ class ReplicatedVolume:
                     "reason": r.reason,
                     "seq": max(r.high_seq, r.acked_seq, r.covered),
                     "inflight": len(r.inflight),
+                    "link": getattr(r.link, "kind", None) if r.link is not None else None,
                     "rebuild": r.rebuild.progress() if r.rebuild is not None else None,
                     "stats": dict(r.stats),
                 }
@@ -952,6 +964,16 @@ class ReplicatedVolume:
 
 
 _KIND = {WRITE: "write", UNMAP: "unmap", FLUSH: "flush", READ: "read"}
+
+
+def _reader(r: Replica) -> tuple[bool, int, bool]:
+    """Which healthy replica a read goes to: the smallest key (the first of equals, in
+    the volume's order).  A replica with less than READ_SPREAD of reads in flight takes
+    the read, one on this machine first: small reads at any queue depth go to one pool
+    server, so one process wakes per batch, not three (docs/replication.md, Reads).
+    When all have that much, the least loaded: large reads spread over all replicas."""
+    busy = r.reading >= READ_SPREAD
+    return (busy, r.reading if busy else 0, not r.local)
 
 
 def _reply_error(msg: wire.Message) -> StoreError:

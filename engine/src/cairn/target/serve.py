@@ -45,6 +45,7 @@ class ServeOptions:
     rebuild_rate: int = 0
     rebuild_busy_rate: int = 64 << 20
     shared_memory: bool = True  # a ring for the pool servers on this machine
+    local_socket: bool = True  # their local socket instead of TCP
 
 
 def parse_portal(portal: str) -> tuple[str, int]:
@@ -132,6 +133,7 @@ def open_replicated(opts: ServeOptions) -> tuple[Any, uuidlib.UUID, list[Any]]:
     device.rebuild_busy_rate = opts.rebuild_busy_rate
     if opts.shared_memory:
         device.shared = RingHost()
+    device.local_links = opts.local_socket
     connectors = [Connector(device, a, opts.size, opts.block_size, secret) for a in opts.replicas]
     return device, state.uuid, connectors
 
