@@ -596,9 +596,10 @@ def markdown(bench: Bench, elapsed: float) -> str:
         parts += [
             f"{' and '.join(labels[t] for t in replicated)}: `cairn target serve --replica ...` "
             "over that many pool servers, each a `cairn pool serve` process of its own on "
-            "127.0.0.2, .3, .4 (loopback, the same 2 CPUs); a write is acknowledged once a "
-            "majority of the replicas has it (2 of 3); each read goes to one healthy replica, the "
-            "one with the fewest requests in flight.",
+            "127.0.0.2, .3, .4 (the same 2 CPUs; the target reaches them through their local "
+            "sockets); a write is acknowledged once a majority of the replicas has it (2 of 3); "
+            "each read goes to one healthy replica, the same one until it has 256 KiB of reads "
+            "in flight, then the least loaded.",
             "",
         ]
     if bench.results:

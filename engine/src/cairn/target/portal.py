@@ -316,7 +316,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         finished commands): send them once this turn of the loop is over, together."""
         if not self.output_soon:
             self.output_soon = True
-            asyncio.get_running_loop().call_soon(self._output_now)
+            self.loop.call_soon(self._output_now)
 
     def _output_now(self) -> None:
         self.output_soon = False
@@ -434,7 +434,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
             return
         self.pending_bytes = 0
         if self.writing:
-            asyncio.get_event_loop().remove_writer(fd)
+            self.loop.remove_writer(fd)
             self.writing = False
         if self.paused and self.transport is not None:
             self.paused = False
@@ -514,4 +514,4 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         )
         if not self.writing:
             self.writing = True
-            asyncio.get_event_loop().add_writer(self.fd, self._drain)
+            self.loop.add_writer(self.fd, self._drain)

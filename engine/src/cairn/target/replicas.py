@@ -88,6 +88,8 @@ class ReplicaLink(asyncio.Protocol):
     def __init__(self, connector: Connector, kind: str = "tcp") -> None:
         self.connector = connector
         self.kind = kind  # "tcp", or "local": the pool server's local socket
+        # kept: each asyncio.get_running_loop() costs a getpid() system call
+        self.loop = asyncio.get_running_loop()
         self.volume = connector.volume
         self.address = connector.address
         self.transport: asyncio.Transport | None = None
@@ -116,7 +118,7 @@ class ReplicaLink(asyncio.Protocol):
         self.out += parts
         if not self.flushing:
             self.flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def use_ring(self, ring: SharedRing | None) -> None:
         """Name ``ring`` from now on (None: no ring, data in the messages)."""
@@ -187,7 +189,7 @@ class ReplicaLink(asyncio.Protocol):
             self._flush()
         elif not self.flushing:
             self.flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flushing = False
