@@ -158,3 +158,48 @@ def test_a_target_moves_to_the_local_socket_only_when_the_same_server_answers_th
         return results
 
     assert uvloop.run(main()) == [("local", True), ("tcp", False), ("tcp", False)]
+
+
+def test_a_pool_server_that_takes_nothing_more_is_degraded_past_the_queue_limit():
+    """What its socket does not take waits in the target's memory: up to QUEUE_LIMIT.
+    Past it the replica is degraded (its link closed, the copies freed), once."""
+    from cairn.target import replicas
+
+    async def main() -> list[str]:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        degraded: list[str] = []
+        replica = SimpleNamespace(link=None)
+        volume = SimpleNamespace(
+            name="v",
+            replica=lambda address: replica,
+            degrade=lambda r, reason: degraded.append(reason),
+        )
+        connector = SimpleNamespace(volume=volume, address="a:1")
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_connection(lambda: ReplicaLink(connector), sock=a)
+        if link.fd < 0:
+            import os
+
+            link.fd = os.dup(a.fileno())
+        replica.link = link
+        chunk = bytearray(1 << 20)
+        for i in range((replicas.QUEUE_LIMIT >> 20) - 1):  # below the limit: kept
+            link.send(
+                wire.encode(Op.WRITE, tag=i, seq=i + 1, offset=0, length=len(chunk), data=chunk)
+            )
+        await asyncio.sleep(0.01)
+        assert degraded == []
+        for i in range(3):  # past it: degraded once
+            link.send(
+                wire.encode(
+                    Op.WRITE, tag=100 + i, seq=100 + i, offset=0, length=len(chunk), data=chunk
+                )
+            )
+        await asyncio.sleep(0.01)
+        link.transport.abort()
+        b.close()
+        return degraded
+
+    degraded = uvloop.run(main())
+    assert len(degraded) == 1 and "does not keep up" in degraded[0], degraded

@@ -37,6 +37,10 @@ log = logging.getLogger("cairn.target")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 HANDSHAKE_TIMEOUT = 10.0
+#: bytes a link may hold in the target's memory for a pool server whose socket takes no
+#: more: beyond, that replica does not keep up with the others and is degraded (and
+#: rebuilt later), so that a slow replica cannot grow the target without bound
+QUEUE_LIMIT = 8 << 20
 
 
 class TargetState:
@@ -105,6 +109,7 @@ class ReplicaLink(asyncio.Protocol):
         self.ring: SharedRing | None = None
         self.shm_refs: dict[int, Region] = {}
         self.attaching: tuple[int, SharedRing] | None = None
+        self.overfull = False  # ``_overfull`` is scheduled
 
     # -- shared memory ---------------------------------------------------------------
     def send_shm(self, parts: list[Any], tag: int, region: Region) -> None:
@@ -201,6 +206,7 @@ class ReplicaLink(asyncio.Protocol):
             # behind what is queued already, to keep the order; the transport may keep
             # a reference to what it queues, and callers reuse their buffers: copy
             t.writelines([p if type(p) is bytes else bytes(p) for p in out])
+            self._check_queue(t)
             return
         # straight to the socket, one system call; the transport queues (copies) only
         # what the socket does not take now
@@ -223,6 +229,22 @@ class ReplicaLink(asyncio.Protocol):
             rest = memoryview(part)[sent:] if sent else part
             t.write(rest if type(rest) is bytes else bytes(rest))
             sent = 0
+        self._check_queue(t)
+
+    def _check_queue(self, t: asyncio.Transport) -> None:
+        if not self.overfull and t.get_write_buffer_size() > QUEUE_LIMIT:
+            self.overfull = True  # decided outside the volume's own call into send()
+            self.loop.call_soon(self._overfull)
+
+    def _overfull(self) -> None:
+        self.overfull = False
+        t = self.transport
+        queued = t.get_write_buffer_size() if t is not None and not self.closed else 0
+        if queued <= QUEUE_LIMIT:
+            return
+        r = self.volume.replica(self.address)
+        if r is not None and r.link is self:
+            self.volume.degrade(r, f"does not keep up: {queued >> 20} MiB waiting to be sent to it")
 
     def close(self, reason: str) -> None:
         if not self.closed:
