@@ -203,3 +203,41 @@ def test_a_pool_server_that_takes_nothing_more_is_degraded_past_the_queue_limit(
 
     degraded = uvloop.run(main())
     assert len(degraded) == 1 and "does not keep up" in degraded[0], degraded
+
+
+def test_a_move_to_the_local_socket_that_is_cancelled_closes_both_links():
+    """Cancelled while the local socket's HELLO is unanswered (the replica is removed,
+    the target stops): neither connection is left open."""
+    import uuid
+
+    from cairn.target.replicas import Connector
+
+    class Silent(asyncio.Protocol):
+        pass
+
+    async def main() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        volume = SimpleNamespace(name="v", local_links=True, shared=None)
+        connector = Connector(volume, "127.0.0.1:1", 1 << 20, 512, None)  # type: ignore[arg-type]
+        name = f"cairn-test-{uuid.uuid4().hex}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind("\0" + name)
+        sock.listen(4)
+        server = await loop.create_unix_server(Silent, sock=sock)
+        a, b = socket.socketpair()
+        _, tcp = await loop.create_connection(lambda: ReplicaLink(connector), sock=a)
+        connector.link = tcp
+        task = loop.create_task(connector._go_local(tcp, {"local": name, "instance": "abc"}))
+        await asyncio.sleep(0.2)
+        local = connector.link
+        assert local is not tcp and local.kind == "local"
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        b.close()
+        server.close()
+        return tcp.closed, local.closed
+
+    assert uvloop.run(main()) == (True, True)

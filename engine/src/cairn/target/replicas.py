@@ -474,6 +474,9 @@ class Connector:
             if local is not None:
                 local.close(f"local socket not used: {e}")
             if not isinstance(e, OSError | TimeoutError | ConnectionError | ValueError):
+                # cancelled (the replica is being removed, the target stops): stop() may
+                # have closed only the local link, so the TCP one is closed here
+                tcp.close("handshake abandoned")
                 self.link = tcp
                 raise
             self.link = tcp
